@@ -1,0 +1,1 @@
+"""Gymnasium environment plugins, registered through entry points."""

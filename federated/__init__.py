@@ -1,0 +1,7 @@
+"""Federated learning security: Flower simulations, gradient inversion, defenses, generative unlearning."""
+
+from harness.errors import WorkbenchError
+
+
+class FederatedError(WorkbenchError):
+    """Bad input to a federated / image-data component; the message names the input and the fix."""

@@ -1,0 +1,148 @@
+"""``workbench``: one command line for every domain.
+
+Top-level verbs (``runs``, ``report``, ``info``) live here; each domain package mounts its own group
+(``workbench federated ...``, later ``rl`` and ``recsys``) through the ``workbench.cli`` entry
+point group in pyproject.toml, so this file never imports a method. ``train_command(spec)`` turns
+a method's ``MethodSpec`` into a ``train`` command with the options every method shares.
+"""
+
+
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.config import build_config, parse_overrides
+from harness.errors import WorkbenchError
+from harness.trainer import MethodSpec, train
+
+app = typer.Typer(
+    name="workbench",
+    help="Run, compare and extend methods for generalization, robustness and privacy in RL, federated "
+    "learning and recommender systems. Domains: rl, federated, recsys (as installed). "
+    "Verbs: train, eval, attack, data, bench (per domain); runs, report, info (here).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+RUNS_ROOT = Path("runs")
+
+OverridesOption = Annotated[list[str], typer.Option("--set", help="config override key=value, repeatable")]
+RunDirOption = Annotated[
+    Optional[Path], typer.Option(help="run directory; default runs/<method>/<task>/<preset>-seed<seed>")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="continue the run in --run-dir if it exists (a finished run is kept)")
+]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="delete an existing run in --run-dir first")]
+DeterministicOption = Annotated[
+    Optional[bool], typer.Option("--deterministic", help="forbid nondeterministic kernels")
+]
+
+
+def train_command(spec: MethodSpec):
+    """A typer command that trains ``spec`` through the harness with the shared options."""
+
+    def command(
+        preset: Annotated[str, typer.Option(help=f"one of: {', '.join(spec.presets)}")] = "quick",
+        seed: Annotated[Optional[int], typer.Option(help="random seed (config field seed)")] = None,
+        overrides: OverridesOption = [],  # noqa: B006
+        run_dir: RunDirOption = None,
+        resume: ResumeOption = False,
+        overwrite: OverwriteOption = False,
+        device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda[:N] | mps")] = None,
+        precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16")] = None,
+        deterministic: DeterministicOption = None,
+        data_dir: Annotated[Optional[Path], typer.Option(help="dataset folder (config field data_dir)")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    ) -> None:
+        if resume and overwrite:
+            raise typer.BadParameter("--resume and --overwrite exclude each other; pick one.")
+        values = parse_overrides(overrides)
+        for key, value in (("seed", seed), ("device", device), ("precision", precision),
+                           ("deterministic", deterministic), ("data_dir", data_dir)):
+            if value is not None:
+                values[key] = str(value)
+        config = build_config(spec.config_cls, spec.presets, preset, values)
+        target = run_dir or RUNS_ROOT / spec.name / spec.task(config) / f"{preset}-seed{config.seed}"
+        mode = "resume" if resume else "overwrite" if overwrite else "error"
+        summary = train(spec, config, str(target), preset, if_exists=mode, quiet=quiet)
+        metric = summary["main_metric"]
+        typer.echo(f"{summary['status']}: {target} step {summary['step']}, {metric} "
+                   f"{summary['final'].get(metric, float('nan')):.4f} "
+                   f"(best {summary['best'].get(metric, float('nan')):.4f}), "
+                   f"{summary['throughput']['steps_per_s']:.1f} steps/s")
+
+    command.__doc__ = f"Train {spec.name} through the harness (run directory, checkpoints, resume, summary)."
+    return command
+
+
+@app.command()
+def runs(
+    root: Annotated[Optional[list[Path]], typer.Argument(help="folders to search (default: runs/)")] = None,
+) -> None:
+    """List run directories with method, task, seed, status and the last main metric."""
+    from harness.runs import find_runs
+
+    found = list(find_runs(root or [RUNS_ROOT])) if (root or RUNS_ROOT.exists()) else []
+    if not found:
+        typer.echo("no runs found (train something, e.g. `workbench federated train-classifier`)")
+        return
+    for run in found:
+        header, summary = run.header, run.summary or {}
+        metric = summary.get("main_metric")
+        value = summary.get("final", {}).get(metric)
+        shown = f"{metric}={value:.4g}" if value is not None else ""
+        typer.echo(f"{run.path}\t{header.get('method')}\t{header.get('task')}\t"
+                   f"seed={header.get('config', {}).get('seed')}\t{run.status()}\t{shown}")
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories or folders containing runs")],
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("reports/latest"),
+    metric: Annotated[str | None, typer.Option(help="evaluation metric (default: each run's main metric)")] = None,
+    title: Annotated[str, typer.Option(help="report title")] = "workbench report",
+) -> None:
+    """Write a markdown report (IQM ± 95% CI tables, learning curves, bar charts) for finished runs."""
+    from harness.report import write_report
+
+    path = write_report(run_dirs, out, metric=metric, title=title)
+    typer.echo(f"report written to {path}")
+
+
+@app.command()
+def info(device: Annotated[str, typer.Option(help="device to resolve")] = "auto",
+         precision: Annotated[str, typer.Option(help="precision to resolve")] = "auto") -> None:
+    """Show the device and precision a run would use, and the versions that matter."""
+    from harness.device import describe, make_policy
+    from harness.runs import machine_info
+
+    for key, value in {**machine_info(), **describe(make_policy(device, precision))}.items():
+        typer.echo(f"{key}: {value}")
+
+
+def _mount_domains() -> None:
+    for entry in sorted(entry_points(group="workbench.cli"), key=lambda e: e.name):
+        try:
+            app.add_typer(entry.load(), name=entry.name)
+        except Exception as err:  # a broken optional domain must not take the whole CLI down
+            print(f"warning: domain {entry.name!r} is unavailable ({type(err).__name__}: {err})", file=sys.stderr)
+
+
+_mount_domains()
+
+
+def main() -> None:
+    try:
+        app()
+    except WorkbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""The one training loop, shared by gradient-step and environment-interaction methods.
+
+A method hands the trainer an object that follows ``Algorithm``:
+
+* ``update()`` does one unit of training and returns the numbers worth logging. A gradient-step
+  method samples its own batch (from a generator it keeps in its state) and takes one step; an
+  online method collects a rollout and updates, and reports how many environment steps that took
+  under the key ``"steps"``. The trainer counts steps in that unit.
+* ``evaluate()`` returns evaluation metrics; ``main_metric`` names the one shown in the progress
+  bar and used to pick the best evaluation (``higher_is_better`` says which way is better).
+* ``state_dict()`` / ``load_state_dict()`` hold everything needed to continue (networks,
+  optimizers, private generators, buffers). The trainer adds the global RNG state and its own
+  counters, so a killed run resumed from its last checkpoint finishes exactly like an
+  uninterrupted one (same seed; ``deterministic=True`` on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from tqdm.auto import tqdm
+
+from harness.config import TrainConfig, config_from_dict, config_to_dict, diff_configs
+from harness.device import DevicePolicy, describe, make_policy
+from harness.errors import HarnessError
+from harness.runs import RunDir, checkpoint_step, command_line, now_iso
+from harness.seeding import global_rng_state, seed_everything, set_global_rng_state
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    main_metric: str
+    higher_is_better: bool
+
+    def update(self) -> dict[str, float]: ...
+
+    def evaluate(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return after // every > before // every
+
+
+@dataclass
+class _Progress:
+    """Trainer counters; saved in every checkpoint."""
+
+    step: int = 0
+    updates: int = 0
+    update_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int = -1
+    best_eval: dict[str, float] = field(default_factory=dict)
+    best_step: int = -1
+    train_sums: dict[str, float] = field(default_factory=dict)
+    train_count: int = 0
+    resumed_from: list[int] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(
+        self,
+        run: RunDir,
+        algorithm: Algorithm,
+        config: TrainConfig,
+        quiet: bool = False,
+        summary_extra: dict[str, Any] | None = None,
+    ):
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(f"{type(algorithm).__name__} does not implement harness.trainer.Algorithm")
+        self.run, self.algorithm, self.config = run, algorithm, config
+        self.quiet = quiet
+        self.summary_extra = summary_extra or {}
+        self.progress = _Progress()
+        self._stop_requested = False
+
+    # ---- public ----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``config.total_steps`` (continuing from the last checkpoint if there is one)."""
+        self._resume()
+        p, cfg = self.progress, self.config
+        bar = tqdm(
+            total=cfg.total_steps,
+            initial=p.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=self.quiet or not sys.stderr.isatty(),
+        )
+        restore_sigint = self._install_sigint_handler()
+        start = time.perf_counter()
+        wall_before = p.wall_seconds
+        try:
+            while p.step < cfg.total_steps and not self._stop_requested:
+                before = p.step
+                t0 = time.perf_counter()
+                metrics = dict(self.algorithm.update())
+                p.update_seconds += time.perf_counter() - t0
+                p.step += int(metrics.pop("steps", 1))
+                p.updates += 1
+                self._accumulate(metrics)
+                if _crossed(before, p.step, cfg.log_every):
+                    self._log_train()
+                if _crossed(before, p.step, cfg.eval_every) or p.step >= cfg.total_steps:
+                    self._evaluate()
+                    bar.set_postfix({self.algorithm.main_metric: f"{p.last_eval[self.algorithm.main_metric]:.4g}"})
+                p.wall_seconds = wall_before + time.perf_counter() - start
+                if _crossed(before, p.step, cfg.checkpoint_every) or p.step >= cfg.total_steps:
+                    self._checkpoint()
+                bar.update(p.step - before)
+            p.wall_seconds = wall_before + time.perf_counter() - start
+            if self._stop_requested and p.step < cfg.total_steps:
+                self._checkpoint()
+                summary = self._summary("interrupted")
+            else:
+                summary = self._summary("finished")
+            self.run.write_summary(summary)
+            return summary
+        finally:
+            restore_sigint()
+            bar.close()
+            self.run.close()
+
+    # ---- steps of the loop -----------------------------------------------------------------
+    def _accumulate(self, metrics: dict[str, float]) -> None:
+        p = self.progress
+        for key, value in metrics.items():
+            p.train_sums[key] = p.train_sums.get(key, 0.0) + float(value)
+        p.train_count += 1
+
+    def _log_train(self) -> None:
+        p = self.progress
+        if p.train_count:
+            means = {k: v / p.train_count for k, v in p.train_sums.items()}
+            means["steps_per_s"] = p.step / max(p.update_seconds, 1e-9)
+            self.run.log(p.step, "train", means)
+        p.train_sums, p.train_count = {}, 0
+
+    def _evaluate(self) -> None:
+        p = self.progress
+        t0 = time.perf_counter()
+        metrics = {k: float(v) for k, v in self.algorithm.evaluate().items()}
+        p.eval_seconds += time.perf_counter() - t0
+        main = self.algorithm.main_metric
+        if main not in metrics:
+            raise KeyError(f"evaluate() returned {sorted(metrics)} but main_metric is {main!r}")
+        if not math.isfinite(metrics[main]):
+            raise FloatingPointError(f"evaluation metric {main} is {metrics[main]} at step {p.step}")
+        self.run.log(p.step, "eval", metrics)
+        p.last_eval, p.last_eval_step = metrics, p.step
+        sign = 1 if self.algorithm.higher_is_better else -1
+        if not p.best_eval or sign * metrics[main] > sign * p.best_eval[main]:
+            p.best_eval, p.best_step = metrics, p.step
+
+    def _checkpoint(self) -> None:
+        state = {
+            "step": self.progress.step,
+            "algorithm": self.algorithm.state_dict(),
+            "rng": global_rng_state(),
+            "progress": vars(self.progress).copy(),
+            "metrics_lines": self.run.metrics_line_count(),
+        }
+        self.run.save_checkpoint(self.progress.step, state, keep=self.config.keep_checkpoints)
+
+    def _resume(self) -> None:
+        latest = self.run.latest_checkpoint()
+        if latest is None:
+            return
+        state = self.run.load_checkpoint(latest)
+        self.algorithm.load_state_dict(state["algorithm"])
+        set_global_rng_state(state["rng"])
+        self.progress = _Progress(**state["progress"])
+        self.progress.resumed_from.append(checkpoint_step(latest))
+        self.run.truncate_metrics(state["metrics_lines"])
+        self.run.tensorboard(purge_step=self.progress.step + 1)
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        p = self.progress
+        header = self.run.header
+        return {
+            "status": status,
+            "method": header.get("method"),
+            "task": header.get("task"),
+            "seed": self.config.seed,
+            "step": p.step,
+            "main_metric": self.algorithm.main_metric,
+            "higher_is_better": self.algorithm.higher_is_better,
+            "final": {"step": p.last_eval_step, **p.last_eval},
+            "best": {"step": p.best_step, **p.best_eval},
+            "throughput": {
+                "steps_per_s": p.step / max(p.update_seconds, 1e-9),
+                "updates_per_s": p.updates / max(p.update_seconds, 1e-9),
+                "update_seconds": p.update_seconds,
+                "eval_seconds": p.eval_seconds,
+                "wall_seconds": p.wall_seconds,
+            },
+            "resumed_from": p.resumed_from,
+            "finished": now_iso(),
+            **self.summary_extra,
+        }
+
+    def _install_sigint_handler(self) -> Callable[[], None]:
+        """First Ctrl-C: finish the current update, checkpoint, stop. Second Ctrl-C: stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\nstopping after this step (checkpoint will be saved; Ctrl-C again to abort)", file=sys.stderr)
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+
+# ---- launching a method ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the harness needs to know to train a method; each method module exports one."""
+
+    name: str  # CLI name, e.g. "a2pr"
+    config_cls: type[TrainConfig]
+    presets: dict[str, dict[str, Any]]
+    build: Callable[[Any, DevicePolicy], Algorithm]  # (config, device policy) -> Algorithm
+    task: Callable[[Any], str]  # config -> task name used in reports, e.g. "mnist"
+
+
+def train(
+    spec: MethodSpec,
+    config: TrainConfig,
+    run_dir: str,
+    preset: str,
+    if_exists: str = "error",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Create (or resume) a run directory and train ``spec`` with ``config``; returns ``summary.json``.
+
+    With ``if_exists="resume"`` a finished run is left alone, an incomplete one continues from its
+    last checkpoint, and a run made with a different config is an error, never a silent mix.
+    """
+    header = {
+        "method": spec.name,
+        "task": spec.task(config),
+        "preset": preset,
+        "config": config_to_dict(config),
+        "command": command_line(),
+    }
+    run = RunDir.create(run_dir, header, if_exists=if_exists)
+    saved = config_from_dict(spec.config_cls, run.header["config"])
+    changed = diff_configs(saved, config)
+    if changed:
+        detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise HarnessError(
+            f"run directory {run.path} was made with a different config ({detail}). Resume with the same "
+            "settings, or pass --overwrite / a new --run-dir."
+        )
+    if run.is_finished():
+        return run.summary
+    policy = make_policy(config.device, config.precision)
+    seed_everything(config.seed, config.deterministic)
+    algorithm = spec.build(config, policy)
+    return Trainer(run, algorithm, config, quiet=quiet, summary_extra={"device": describe(policy)}).fit()

@@ -1,0 +1,1 @@
+"""Robust recommendation: MF / LightGCN under poisoning attacks, APR and VAT."""

@@ -1,0 +1,65 @@
+import json
+import os
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.runs import RunDir, atomic_write_json, atomic_write_text
+
+
+def test_crash_mid_write_leaves_the_old_file_and_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    atomic_write_json(target, {"version": 1})
+
+    def crash(*args):
+        raise OSError("disk died during fsync")
+
+    monkeypatch.setattr(os, "fsync", crash)  # the temp file is half written when this fires
+    with pytest.raises(OSError):
+        atomic_write_text(target, json.dumps({"version": 2}))
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_unserializable_value_never_creates_the_file(tmp_path):
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "config.json", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_is_never_silently_overwritten(tmp_path):
+    run = RunDir.create(tmp_path / "run", {"method": "toy"})
+    run.log(1, "train", {"loss": 1.0})
+    with pytest.raises(HarnessError, match="already exists.*--resume.*--overwrite"):
+        RunDir.create(tmp_path / "run", {"method": "toy"})
+    assert RunDir.create(tmp_path / "run", {"method": "toy"}, if_exists="resume").read_metrics()
+    fresh = RunDir.create(tmp_path / "run", {"method": "toy"}, if_exists="overwrite")
+    assert fresh.read_metrics() == []
+    run.close()
+
+
+def test_folder_that_is_not_a_run_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(HarnessError, match="not a run directory"):
+        RunDir.create(tmp_path, {"method": "toy"})
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_torn_metrics_line_is_ignored_and_truncation_restores_checkpoint_state(tmp_path):
+    run = RunDir.create(tmp_path / "run", {"method": "toy"})
+    run.log(1, "train", {"loss": 1.0})
+    run.log(2, "train", {"loss": 0.5})
+    run.close()
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "spl')  # killed mid-line
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+    run.truncate_metrics(1)
+    assert [r["step"] for r in run.read_metrics()] == [1]
+
+
+def test_checkpoints_keep_only_the_newest(tmp_path):
+    run = RunDir.create(tmp_path / "run", {"method": "toy"})
+    for step in (10, 20, 30):
+        run.save_checkpoint(step, {"step": step}, keep=2)
+    assert [p.name for p in run.checkpoints()] == ["step_000000000020.pt", "step_000000000030.pt"]
+    assert run.load_checkpoint(run.latest_checkpoint())["step"] == 30

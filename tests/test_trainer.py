@@ -1,0 +1,132 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.config import build_config
+from harness.errors import HarnessError
+from harness.runs import RunDir
+from harness.trainer import train
+from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression, metric_rows
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _config(**overrides) -> ToyConfig:
+    return build_config(ToyConfig, TOY_PRESETS, "paper", {"deterministic": True, **overrides})
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(tmp_path):
+    a = train(TOY_SPEC, _config(seed=1), tmp_path / "a", "paper", quiet=True)
+    b = train(TOY_SPEC, _config(seed=1), tmp_path / "b", "paper", quiet=True)
+    c = train(TOY_SPEC, _config(seed=2), tmp_path / "c", "paper", quiet=True)
+    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
+    assert a["final"] == b["final"]
+    assert a["final"] != c["final"]
+
+
+def test_training_moves_the_metric_the_right_way(tmp_path):
+    summary = train(TOY_SPEC, _config(), tmp_path / "run", "paper", quiet=True)
+    evals = RunDir(tmp_path / "run").read_metrics("eval")
+    assert evals[-1]["neg_mse"] > 10 * evals[0]["neg_mse"]  # mse fell by more than 10x
+    assert summary["status"] == "finished" and summary["step"] == 60
+    assert summary["best"]["neg_mse"] >= summary["final"]["neg_mse"]
+    assert summary["throughput"]["steps_per_s"] > 0 and summary["throughput"]["wall_seconds"] > 0
+    assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
+    train(TOY_SPEC, _config(), tmp_path / "full", "paper", quiet=True)
+    original_update = ToyRegression.update
+    calls = {"n": 0}
+
+    def crashing_update(self):
+        calls["n"] += 1
+        if calls["n"] == 35:  # after the step-30 checkpoint, before the step-40 one
+            raise RuntimeError("simulated crash")
+        return original_update(self)
+
+    monkeypatch.setattr(ToyRegression, "update", crashing_update)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(TOY_SPEC, _config(), tmp_path / "crashed", "paper", quiet=True)
+    assert RunDir(tmp_path / "crashed").summary is None
+    monkeypatch.setattr(ToyRegression, "update", original_update)
+    resumed = train(TOY_SPEC, _config(), tmp_path / "crashed", "paper", if_exists="resume", quiet=True)
+    assert resumed["resumed_from"] == [30]
+    assert metric_rows(tmp_path / "crashed") == metric_rows(tmp_path / "full")
+
+
+def test_steps_reported_by_update_drive_the_schedule(tmp_path):
+    summary = train(TOY_SPEC, _config(steps_per_update=4, total_steps=40), tmp_path / "run", "paper", quiet=True)
+    assert summary["step"] == 40 and summary["throughput"]["updates_per_s"] < summary["throughput"]["steps_per_s"]
+    assert [r["step"] for r in RunDir(tmp_path / "run").read_metrics("eval")] == [12, 20, 32, 40]
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper", quiet=True)
+    with pytest.raises(HarnessError, match="different config.*lr"):
+        train(TOY_SPEC, _config(total_steps=20, lr=0.01), tmp_path / "run", "paper", if_exists="resume")
+
+
+def test_finished_run_is_left_alone_on_resume(tmp_path):
+    first = train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper", quiet=True)
+    again = train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper", if_exists="resume", quiet=True)
+    assert again == first
+
+
+SLOW_TOY = """
+import sys, time
+from harness.config import build_config
+from harness.trainer import train
+from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression
+update = ToyRegression.update
+ToyRegression.update = lambda self: (time.sleep(0.05), update(self))[1]
+config = build_config(ToyConfig, TOY_PRESETS, "paper", {"deterministic": True, "total_steps": 200})
+train(TOY_SPEC, config, sys.argv[1], "paper", if_exists="resume", quiet=True)
+"""
+
+
+def _start_slow_run(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SLOW_TOY, str(run_dir)], cwd=REPO)
+
+
+def _wait_for_checkpoint_step(run: RunDir, at_least: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        latest = run.latest_checkpoint()
+        if latest is not None and int(latest.stem.split("_")[1]) >= at_least:
+            return
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def test_kill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
+    config = build_config(ToyConfig, TOY_PRESETS, "paper", {"deterministic": True, "total_steps": 200})
+    train(TOY_SPEC, config, tmp_path / "full", "paper", quiet=True)
+    run = RunDir(tmp_path / "killed")
+    proc = _start_slow_run(run.path)
+    _wait_for_checkpoint_step(run, 50, proc)
+    assert proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not run.is_finished()
+    resumed = train(TOY_SPEC, config, run.path, "paper", if_exists="resume", quiet=True)
+    assert resumed["resumed_from"] and resumed["resumed_from"][0] >= 50
+    assert metric_rows(run.path) == metric_rows(tmp_path / "full")
+
+
+def test_ctrl_c_checkpoints_and_marks_the_run_interrupted(tmp_path):
+    run = RunDir(tmp_path / "interrupted")
+    proc = _start_slow_run(run.path)
+    _wait_for_checkpoint_step(run, 20, proc)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    summary = run.summary
+    assert summary["status"] == "interrupted" and 20 <= summary["step"] < 200
+    assert run.latest_checkpoint().stem.endswith(f"{summary['step']:012d}")
