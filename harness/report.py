@@ -199,7 +199,7 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
 
 
 def write_results(out_dir: str | os.PathLike, suite: str, command: str, records: list[dict[str, Any]],
-                  notes: str = "", reps: int = 2000) -> Path:
+                  notes: str = "", reps: int = 2000, extra_markdown: str = "") -> Path:
     """Benchmark results in the common format (../shared/DESIGN.md), plus a README rendered from them.
 
     ``records``: ``{"method", "task", "seed", "metrics": {name: value}}`` rows, one per cell.
@@ -228,6 +228,7 @@ def write_results(out_dir: str | os.PathLike, suite: str, command: str, records:
         markdown_table(table_rows, [("method", "method"), ("task", "task"), ("metric", "metric"), ("n", "n"),
                                     ("IQM", "iqm"), ("95% CI", "ci_text"), ("mean", "mean"), ("std", "std")]),
         "", "IQM and stratified-bootstrap 95% CIs over seeds (harness/evaluation.py). Raw rows: results.json.", "",
+        extra_markdown,
     ]
     atomic_write_text(out_dir / "README.md", "\n".join(readme))
     return out_dir / "results.json"
