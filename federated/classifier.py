@@ -62,11 +62,13 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     if max_shift == 0:
         return images
     n, _, h, w = images.shape
-    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    device = images.device
+    # Offsets come from a CPU generator so that the same seed gives the same augmentation on any device.
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).to(device)
     padded = F.pad(images, (max_shift,) * 4)
-    rows = (torch.arange(h) + max_shift)[None, :] - shifts[:, :1]  # (n, h)
-    cols = (torch.arange(w) + max_shift)[None, :] - shifts[:, 1:]  # (n, w)
-    batch = torch.arange(n)[:, None, None]
+    rows = (torch.arange(h, device=device) + max_shift)[None, :] - shifts[:, :1]  # (n, h)
+    cols = (torch.arange(w, device=device) + max_shift)[None, :] - shifts[:, 1:]  # (n, w)
+    batch = torch.arange(n, device=device)[:, None, None]
     return padded[:, 0][batch, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
@@ -93,8 +95,8 @@ class ImageClassifier:
 
     def update(self) -> dict[str, float]:
         index = self.sampler.next().to(self.policy.device)
-        images = random_shift(self.train_x[index].cpu(), self.config.max_shift, self.augment_generator)
-        images, labels = images.to(self.policy.device), self.train_y[index]
+        images = random_shift(self.train_x[index], self.config.max_shift, self.augment_generator)
+        labels = self.train_y[index]
         self.model.train()
         with self.policy.autocast():
             logits = self.model(images)

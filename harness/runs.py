@@ -142,10 +142,7 @@ class RunDir:
             if if_exists == "overwrite":
                 shutil.rmtree(run.path)
             else:
-                raise HarnessError(
-                    f"run directory {run.path} already exists ({run.status()}). Pass --resume to continue "
-                    "it, --overwrite to replace it, or --run-dir to choose another directory."
-                )
+                raise run.exists_error()
         elif run.path.exists() and any(run.path.iterdir()):
             raise HarnessError(
                 f"{run.path} exists and is not a run directory (no {CONFIG_FILE}); choose another --run-dir."
@@ -156,6 +153,12 @@ class RunDir:
 
     def exists(self) -> bool:
         return (self.path / CONFIG_FILE).is_file()
+
+    def exists_error(self) -> HarnessError:
+        return HarnessError(
+            f"run directory {self.path} already exists ({self.status()}). Pass --resume to continue "
+            "it, --overwrite to replace it, or --run-dir to choose another directory."
+        )
 
     @property
     def header(self) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class Trainer:
         restore_sigint = self._install_sigint_handler()
         start = time.perf_counter()
         wall_before = p.wall_seconds
+        postfix: dict[str, str] = {}
         try:
             while p.step < cfg.total_steps and not self._stop_requested:
                 before = p.step
@@ -112,10 +113,12 @@ class Trainer:
                 p.updates += 1
                 self._accumulate(metrics)
                 if _crossed(before, p.step, cfg.log_every):
-                    self._log_train()
+                    postfix.update(self._log_train())
+                    bar.set_postfix(postfix, refresh=False)
                 if _crossed(before, p.step, cfg.eval_every) or p.step >= cfg.total_steps:
                     self._evaluate()
-                    bar.set_postfix({self.algorithm.main_metric: f"{p.last_eval[self.algorithm.main_metric]:.4g}"})
+                    postfix[f"eval_{self.algorithm.main_metric}"] = f"{p.last_eval[self.algorithm.main_metric]:.4g}"
+                    bar.set_postfix(postfix, refresh=False)
                 p.wall_seconds = wall_before + time.perf_counter() - start
                 if _crossed(before, p.step, cfg.checkpoint_every) or p.step >= cfg.total_steps:
                     self._checkpoint()
@@ -140,13 +143,14 @@ class Trainer:
             p.train_sums[key] = p.train_sums.get(key, 0.0) + float(value)
         p.train_count += 1
 
-    def _log_train(self) -> None:
+    def _log_train(self) -> dict[str, str]:
+        """Write the mean of each training metric since the last log; returns the first few for the bar."""
         p = self.progress
-        if p.train_count:
-            means = {k: v / p.train_count for k, v in p.train_sums.items()}
-            means["steps_per_s"] = p.step / max(p.update_seconds, 1e-9)
-            self.run.log(p.step, "train", means)
+        means = {k: v / p.train_count for k, v in p.train_sums.items()} if p.train_count else {}
+        if means:
+            self.run.log(p.step, "train", {**means, "steps_per_s": p.step / max(p.update_seconds, 1e-9)})
         p.train_sums, p.train_count = {}, 0
+        return {k: f"{v:.4g}" for k, v in list(means.items())[:2]}
 
     def _evaluate(self) -> None:
         p = self.progress
@@ -250,8 +254,21 @@ def train(
     """Create (or resume) a run directory and train ``spec`` with ``config``; returns ``summary.json``.
 
     With ``if_exists="resume"`` a finished run is left alone, an incomplete one continues from its
-    last checkpoint, and a run made with a different config is an error, never a silent mix.
+    last checkpoint, and a run made with a different config is an error, never a silent mix. The
+    device is resolved and the algorithm built before the directory is touched, so a bad device or
+    dataset leaves no half-made run behind (and ``overwrite`` deletes nothing).
     """
+    existing = RunDir(run_dir)
+    if existing.exists():
+        if if_exists == "error":
+            raise existing.exists_error()
+        if if_exists == "resume":
+            _require_same_config(spec, existing, config)
+            if existing.is_finished():
+                return existing.summary
+    policy = make_policy(config.device, config.precision)
+    seed_everything(config.seed, config.deterministic)
+    algorithm = spec.build(config, policy)
     header = {
         "method": spec.name,
         "task": spec.task(config),
@@ -260,6 +277,10 @@ def train(
         "command": command_line(),
     }
     run = RunDir.create(run_dir, header, if_exists=if_exists)
+    return Trainer(run, algorithm, config, quiet=quiet, summary_extra={"device": describe(policy)}).fit()
+
+
+def _require_same_config(spec: MethodSpec, run: RunDir, config: TrainConfig) -> None:
     saved = config_from_dict(spec.config_cls, run.header["config"])
     changed = diff_configs(saved, config)
     if changed:
@@ -268,9 +289,3 @@ def train(
             f"run directory {run.path} was made with a different config ({detail}). Resume with the same "
             "settings, or pass --overwrite / a new --run-dir."
         )
-    if run.is_finished():
-        return run.summary
-    policy = make_policy(config.device, config.precision)
-    seed_everything(config.seed, config.deterministic)
-    algorithm = spec.build(config, policy)
-    return Trainer(run, algorithm, config, quiet=quiet, summary_extra={"device": describe(policy)}).fit()

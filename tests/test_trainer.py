@@ -130,3 +130,18 @@ def test_ctrl_c_checkpoints_and_marks_the_run_interrupted(tmp_path):
     summary = run.summary
     assert summary["status"] == "interrupted" and 20 <= summary["step"] < 200
     assert run.latest_checkpoint().stem.endswith(f"{summary['step']:012d}")
+
+
+def test_failed_build_leaves_no_run_directory_and_keeps_the_old_run(tmp_path, monkeypatch):
+    train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper", quiet=True)
+
+    def broken_build(self, config, policy):
+        raise HarnessError("dataset missing")
+
+    monkeypatch.setattr(ToyRegression, "__init__", broken_build)
+    with pytest.raises(HarnessError, match="dataset missing"):
+        train(TOY_SPEC, _config(), tmp_path / "new", "paper")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(HarnessError, match="dataset missing"):
+        train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper", if_exists="overwrite")
+    assert RunDir(tmp_path / "run").is_finished()
