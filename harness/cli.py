@@ -110,7 +110,7 @@ def report(
     """Write a markdown report (IQM ± 95% CI tables, learning curves, bar charts) for finished runs."""
     from harness.report import write_report
 
-    path = write_report(run_dirs, out, metric=metric, title=title)
+    path = write_report(run_dirs, out, metrics=metric, title=title)
     typer.echo(f"report written to {path}")
 
 

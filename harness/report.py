@@ -143,6 +143,10 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return _save_figure(fig, path)
 
 
+def _slug(metric: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in metric)
+
+
 def _save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -152,9 +156,13 @@ def _save_figure(fig, path: Path) -> Path:
     return path
 
 
-def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, metric: str | None = None,
+def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, metrics: list[str] | None = None,
                  title: str = "workbench report") -> Path:
-    """Write ``out_dir/report.md`` (+ ``figures/``) for every finished run below ``roots``."""
+    """Write ``out_dir/report.md`` (+ ``figures/``) for every finished run below ``roots``.
+
+    ``metrics``: evaluation metrics to tabulate (default: each run's main metric); a metric's tables
+    hold the runs that report it.
+    """
     records, skipped = collect_runs(roots)
     if not records:
         detail = "; ".join(skipped) if skipped else "no run directories were found"
@@ -162,7 +170,7 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
     out_dir = Path(out_dir)
     lines = [f"# {title}", "", f"Generated {now_iso()} from {len(records)} finished run(s); "
              f"code at commit `{git_commit()}`.", ""]
-    metrics = [metric] if metric else sorted({r.summary["main_metric"] for r in records})
+    metrics = metrics or sorted({r.summary["main_metric"] for r in records})
     columns = [("method", "method"), ("task", "task"), ("seeds", "n"), ("IQM", "iqm_text"), ("IQM 95% CI", "ci_text"),
                ("mean", "mean"), ("std", "std")]
     for name in metrics:
@@ -176,10 +184,10 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
             label = "last evaluation" if which == "final" else "best evaluation during training"
             lines += [f"## {name}: {label}", "", markdown_table(rows, columns), ""]
             if which == "final":
-                bars = plot_bars(rows, out_dir / "figures" / f"{name}_bars.png")
+                bars = plot_bars(rows, out_dir / "figures" / f"{_slug(name)}_bars.png")
                 if bars:
                     lines += [f"![{name} IQM with 95% CI]({bars.relative_to(out_dir)})", ""]
-        curve = plot_learning_curves(records, name, out_dir / "figures" / f"{name}_curves.png")
+        curve = plot_learning_curves(records, name, out_dir / "figures" / f"{_slug(name)}_curves.png")
         if curve:
             lines += [f"![{name} learning curves]({curve.relative_to(out_dir)})",
                       "", "Curves: mean over seeds, band = bootstrap 95% CI.", ""]

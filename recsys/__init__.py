@@ -1,1 +1,7 @@
 """Robust recommendation: MF / LightGCN under poisoning attacks, APR and VAT."""
+
+from harness.errors import WorkbenchError
+
+
+class RecsysError(WorkbenchError):
+    """Bad input to a recommender component; the message names the input and the fix."""
