@@ -46,11 +46,6 @@ class InteractionData:
     def train_items(self, user: int) -> np.ndarray:
         return self.train.indices[self.train.indptr[user] : self.train.indptr[user + 1]]
 
-    def describe(self) -> str:
-        extra = f", {self.valid.nnz} valid" if self.valid is not None else ""
-        return (f"{self.name}: {self.n_users} users, {self.n_items} items, {self.train.nnz} train / "
-                f"{self.test.nnz} test{extra} interactions")
-
 
 def to_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
     matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
