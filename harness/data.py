@@ -2,8 +2,7 @@
 
 Dataset lookup order: an explicit path (``--data-dir`` / a config field), then
 ``$WORKBENCH_DATA/<name>``, then ``../shared/datasets/<name>`` beside the repository (where the
-tests and benchmarks of this project read their real data). Artefacts the project builds itself
-go under ``cache_dir()``.
+tests and benchmarks of this project read their real data).
 """
 
 from __future__ import annotations
@@ -37,11 +36,6 @@ def find_dataset_dir(name: str, explicit: str | os.PathLike | None = None) -> Pa
         candidates.append(Path(os.environ["WORKBENCH_DATA"]).expanduser() / name)
     candidates.append(REPO_ROOT.parent / "shared" / "datasets" / name)
     return next((c for c in candidates if c.is_dir()), None)
-
-
-def cache_dir() -> Path:
-    """Where built artefacts (datasets, generative checkpoints) live: ``$WORKBENCH_CACHE`` or ~/.cache."""
-    return Path(os.environ.get("WORKBENCH_CACHE", "~/.cache/workbench")).expanduser()
 
 
 class EpochSampler:

@@ -26,13 +26,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
-def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A private generator, so that a component's randomness does not shift when another's does."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
-
-
 def seed_env(env: Any, seed: int) -> Any:
     """Seed a Gymnasium env (or vector env) and its action space; returns the first ``reset`` output."""
     env.action_space.seed(seed)

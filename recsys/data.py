@@ -43,9 +43,6 @@ class InteractionData:
     def item_popularity(self) -> np.ndarray:
         return np.asarray(self.train.sum(axis=0)).ravel()
 
-    def train_items(self, user: int) -> np.ndarray:
-        return self.train.indices[self.train.indptr[user] : self.train.indptr[user + 1]]
-
 
 def to_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
     matrix = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
@@ -53,6 +50,18 @@ def to_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> 
     matrix.data[:] = 1.0
     matrix.sort_indices()
     return matrix
+
+
+def interaction_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """Sorted int64 keys ``row * n_columns + column`` of a CSR matrix with sorted indices."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices
+
+
+def contains(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Boolean array of the same shape as ``queries``: whether each key is in ``sorted_keys``."""
+    found = np.searchsorted(sorted_keys, queries)
+    return (found < len(sorted_keys)) & (sorted_keys[np.minimum(found, max(len(sorted_keys) - 1, 0))] == queries)
 
 
 def _report(report: dict[str, int], source: str) -> None:

@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys.data import contains, interaction_keys
+
 
 def _mask_seen(scores: torch.Tensor, seen: sp.csr_matrix, rows: np.ndarray) -> None:
     """Set the scores of each row's seen items to -inf, in place, without densifying ``seen``."""
@@ -22,11 +24,8 @@ def _mask_seen(scores: torch.Tensor, seen: sp.csr_matrix, rows: np.ndarray) -> N
 
 def _is_in(matrix: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Boolean (len(rows), k): whether ``items[r, c]`` is among the entries of row ``rows[r]``."""
-    sub = matrix[rows]
-    keys = np.repeat(np.arange(len(rows)), np.diff(sub.indptr)) * matrix.shape[1] + sub.indices
     queries = np.arange(len(rows))[:, None] * matrix.shape[1] + items
-    found = np.searchsorted(keys, queries)
-    return (found < len(keys)) & (keys[np.minimum(found, max(len(keys) - 1, 0))] == queries)
+    return contains(interaction_keys(matrix[rows]), queries)
 
 
 @torch.no_grad()

@@ -29,6 +29,8 @@ from recsys import RecsysError
 from recsys.attacks import ATTACKS, poison
 from recsys.data import (
     InteractionData,
+    contains,
+    interaction_keys,
     kcore,
     read_lightgcn_dir,
     read_movielens,
@@ -126,8 +128,9 @@ class RobustRecommender:
         train = self.data.train
         self.degree = np.diff(train.indptr)
         self.sampleable_users = np.flatnonzero(self.degree > 0)
-        self.train_keys = (np.repeat(np.arange(self.data.n_users), self.degree) * self.data.n_items
-                           + train.indices).astype(np.int64)  # sorted: CSR rows in order, indices sorted
+        self.train_keys = interaction_keys(train)
+        # items masked when ranking: training items, and validation items when testing
+        self.seen = train if self.data.valid is None else (train + self.data.valid).tocsr()
         if config.model == "mf":
             self.model = MF(self.data.n_users, self.data.n_items, config.dim)
         else:
@@ -147,10 +150,7 @@ class RobustRecommender:
         pos = self.data.train.indices[self.data.train.indptr[users] + offsets]
         neg = self.rng.integers(self.data.n_items, size=n)
         while True:  # resample negatives the user has interacted with
-            keys = users * self.data.n_items + neg
-            found = np.searchsorted(self.train_keys, keys)
-            clash = (found < len(self.train_keys)) & (self.train_keys[np.minimum(found, len(self.train_keys) - 1)]
-                                                      == keys)
+            clash = contains(self.train_keys, users * self.data.n_items + neg)
             if not clash.any():
                 return users, pos, neg
             neg[clash] = self.rng.integers(self.data.n_items, size=int(clash.sum()))
@@ -186,10 +186,9 @@ class RobustRecommender:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         user_emb, item_emb = self.model.all_embeddings()
-        seen = self.data.train if self.data.valid is None else (self.data.train + self.data.valid).tocsr()
         bs = self.config.eval_batch_size
-        metrics = ranking_metrics(user_emb, item_emb, seen, self.data.test, self.real_users, (10, 20), bs)
-        metrics |= target_item_metrics(user_emb, item_emb, seen, self.data.test, self.poisoning.targets,
+        metrics = ranking_metrics(user_emb, item_emb, self.seen, self.data.test, self.real_users, (10, 20), bs)
+        metrics |= target_item_metrics(user_emb, item_emb, self.seen, self.data.test, self.poisoning.targets,
                                        self.real_users, (10, 20, 50), bs)
         return metrics
 

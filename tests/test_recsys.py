@@ -36,7 +36,7 @@ def test_lightgcn_reader_counts_duplicates_and_empty_users(tmp_path):
     with pytest.warns(UserWarning, match="1 duplicate interactions removed, 1 users without items"):
         data = read_lightgcn_dir(folder)
     assert (data.n_users, data.n_items, data.train.nnz, data.test.nnz) == (3, 4, 5, 2)
-    assert data.train_items(0).tolist() == [0, 1, 2]
+    assert data.train[0].indices.tolist() == [0, 1, 2]
     assert data.report["duplicate_interactions_removed"] == 1 and data.report["users_without_items"] == 1
 
 
