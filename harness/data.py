@@ -3,6 +3,9 @@
 Dataset lookup order: an explicit path (``--data-dir`` / a config field), then
 ``$WORKBENCH_DATA/<name>``, then ``../shared/datasets/<name>`` beside the repository (where the
 tests and benchmarks of this project read their real data).
+
+Things the project builds and reuses across runs (locally built offline-RL datasets, crafted
+poisoning profiles) live under ``cache_dir()``: ``$WORKBENCH_CACHE``, else ``~/.cache/workbench``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,14 @@ def find_dataset_dir(name: str, explicit: str | os.PathLike | None = None) -> Pa
         candidates.append(Path(os.environ["WORKBENCH_DATA"]).expanduser() / name)
     candidates.append(REPO_ROOT.parent / "shared" / "datasets" / name)
     return next((c for c in candidates if c.is_dir()), None)
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder under the project's cache (created), outside the repository and the run directories."""
+    root = Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench").expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 class EpochSampler:

@@ -64,6 +64,29 @@ def contains(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return (found < len(sorted_keys)) & (sorted_keys[np.minimum(found, max(len(sorted_keys) - 1, 0))] == queries)
 
 
+class BPRSampler:
+    """Draws BPR triples as the VAT code does: a user uniform over users with training items, one of
+    their training items, and a uniform negative they have not interacted with."""
+
+    def __init__(self, train: sp.csr_matrix, rng: np.random.Generator):
+        self.train, self.rng = train, rng
+        self.degree = np.diff(train.indptr)
+        self.users = np.flatnonzero(self.degree > 0)
+        self.keys = interaction_keys(train)
+
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n_items = self.train.shape[1]
+        users = self.users[self.rng.integers(len(self.users), size=n)]
+        offsets = (self.rng.random(n) * self.degree[users]).astype(np.int64)
+        pos = self.train.indices[self.train.indptr[users] + offsets]
+        neg = self.rng.integers(n_items, size=n)
+        while True:  # resample negatives the user has interacted with
+            clash = contains(self.keys, users * n_items + neg)
+            if not clash.any():
+                return users, pos, neg
+            neg[clash] = self.rng.integers(n_items, size=int(clash.sum()))
+
+
 def _report(report: dict[str, int], source: str) -> None:
     dropped = {k: v for k, v in report.items() if v and k not in ("lines", "interactions")}
     if dropped:

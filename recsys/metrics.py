@@ -13,7 +13,7 @@ import torch
 from recsys.data import contains, interaction_keys
 
 
-def _mask_seen(scores: torch.Tensor, seen: sp.csr_matrix, rows: np.ndarray) -> None:
+def mask_seen(scores: torch.Tensor, seen: sp.csr_matrix, rows: np.ndarray) -> None:
     """Set the scores of each row's seen items to -inf, in place, without densifying ``seen``."""
     sub = seen[rows]
     row_index = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
@@ -45,7 +45,7 @@ def ranking_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, seen: sp.csr
     for start in range(0, len(candidates), batch_size):
         batch = candidates[start : start + batch_size]
         scores = user_emb[torch.from_numpy(batch).to(user_emb.device)] @ item_emb.T
-        _mask_seen(scores, seen, batch)
+        mask_seen(scores, seen, batch)
         top = scores.topk(k_max, dim=1).indices.cpu().numpy()
         hits = torch.from_numpy(_is_in(truth, batch, top)).double()
         n_relevant = torch.from_numpy(np.diff(truth.indptr)[batch]).double()
@@ -76,7 +76,7 @@ def target_item_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, seen: sp
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = user_emb[torch.from_numpy(batch).to(user_emb.device)] @ item_emb.T
-        _mask_seen(scores, seen, batch)
+        mask_seen(scores, seen, batch)
         top = scores.topk(k_max, dim=1).indices.cpu().numpy()  # (B, k_max)
         at = top[:, None, :] == targets[None, :, None]  # (B, T, k_max)
         ranks = np.where(at.any(2), at.argmax(2) + 1, k_max + 1)  # (B, T); k_max + 1 = "further down"

@@ -26,11 +26,10 @@ from harness.data import find_dataset_dir
 from harness.device import DevicePolicy
 from harness.trainer import MethodSpec
 from recsys import RecsysError
-from recsys.attacks import ATTACKS, poison
+from recsys.attacks import ATTACKS, SurrogateAttackConfig, poison
 from recsys.data import (
+    BPRSampler,
     InteractionData,
-    contains,
-    interaction_keys,
     kcore,
     read_lightgcn_dir,
     read_movielens,
@@ -72,6 +71,9 @@ class RecConfig(TrainConfig):
     fake_user_fraction: float = 0.01  # fake users as a fraction of real users
     n_targets: int = 5  # target items, drawn from the 20% least popular
     attack_seed: int = 0  # targets and fake profiles; fixed across training seeds
+    dl_pretrain_epochs: int = 20  # dl attack: surrogate MF epochs on clean data
+    dl_users_per_round: int = 1  # dl attack: fake users crafted per surrogate round (paper: 1)
+    dl_epochs_per_round: int = 1  # dl attack: surrogate epochs with the promotion loss per round
     eval_batch_size: int = 2048
     total_steps: int = 30  # epochs
     eval_every: int = 5
@@ -122,13 +124,15 @@ class RobustRecommender:
             raise RecsysError(f"defense={defense!r} is not one of {', '.join(DEFENSES)}.")
         self.config, self.device, self.defense = config, policy.device, defense
         clean = load_data(config)
+        surrogate = SurrogateAttackConfig(pretrain_epochs=config.dl_pretrain_epochs,
+                                          users_per_round=config.dl_users_per_round,
+                                          epochs_per_round=config.dl_epochs_per_round)
         self.data, self.poisoning = poison(clean, config.attack, config.fake_user_fraction, config.n_targets,
-                                           seed=config.attack_seed)
+                                           seed=config.attack_seed, surrogate=surrogate, quiet=False)
         self.real_users = np.arange(self.poisoning.n_real_users)
         train = self.data.train
-        self.degree = np.diff(train.indptr)
-        self.sampleable_users = np.flatnonzero(self.degree > 0)
-        self.train_keys = interaction_keys(train)
+        self.rng = np.random.default_rng(config.seed)
+        self.sampler = BPRSampler(train, self.rng)
         # items masked when ranking: training items, and validation items when testing
         self.seen = train if self.data.valid is None else (train + self.data.valid).tocsr()
         if config.model == "mf":
@@ -140,27 +144,14 @@ class RobustRecommender:
         # Dense AdamW over whole embedding tables, as the official code; the fused kernel is ~8x faster on a CPU.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                            fused=self.device.type in ("cpu", "cuda"))
-        self.rng = np.random.default_rng(config.seed)
         self.epoch = 0
-
-    def sample_epoch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = self.data.n_train
-        users = self.sampleable_users[self.rng.integers(len(self.sampleable_users), size=n)]
-        offsets = (self.rng.random(n) * self.degree[users]).astype(np.int64)
-        pos = self.data.train.indices[self.data.train.indptr[users] + offsets]
-        neg = self.rng.integers(self.data.n_items, size=n)
-        while True:  # resample negatives the user has interacted with
-            clash = contains(self.train_keys, users * self.data.n_items + neg)
-            if not clash.any():
-                return users, pos, neg
-            neg[clash] = self.rng.integers(self.data.n_items, size=int(clash.sum()))
 
     def update(self) -> dict[str, float]:
         self.epoch += 1
         cfg = self.config
         adversarial = self.defense != "none" and self.epoch >= cfg.begin_adv
         self.model.train()
-        users, pos, neg = (torch.from_numpy(a).to(self.device) for a in self.sample_epoch())
+        users, pos, neg = (torch.from_numpy(a).to(self.device) for a in self.sampler.sample(self.data.n_train))
         totals = {"loss": 0.0, "bpr": 0.0, "adv": 0.0, "radius_scale_std": 0.0}
         n_batches = 0
         for start in range(0, len(users), cfg.batch_size):

@@ -27,6 +27,12 @@ class ToyConfig(TrainConfig):
     checkpoint_every: int = 10
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's ~/.cache/workbench."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 TOY_PRESETS = {"paper": {}, "quick": {"total_steps": 40}}
 
 

@@ -6,8 +6,8 @@ import torch
 
 from harness.config import build_config
 from harness.trainer import train
-from recsys import RecsysError
-from recsys.attacks import poison
+from recsys import RecsysError, attacks
+from recsys.attacks import SurrogateAttackConfig, poison
 from recsys.data import (
     InteractionData,
     kcore,
@@ -132,10 +132,10 @@ def _toy_data(n_users=200, n_items=100, seed=0) -> InteractionData:
     return InteractionData("toy", n_users, n_items, train, test)
 
 
-@pytest.mark.parametrize("attack", ["random", "bandwagon"])
+@pytest.mark.parametrize("attack", ["random", "bandwagon", "dl"])
 def test_attack_adds_exactly_the_configured_users_and_never_touches_test_data(attack):
     data = _toy_data()
-    poisoned, info = poison(data, attack, fake_user_fraction=0.05, n_targets=3, seed=1)
+    poisoned, info = poison(data, attack, fake_user_fraction=0.05, n_targets=3, seed=1, surrogate=FAST_SURROGATE)
     assert poisoned.n_users == data.n_users + 10 and len(info.fake_profiles) == 10
     assert (poisoned.train[: data.n_users] != data.train).nnz == 0
     assert (poisoned.test[: data.n_users] != data.test).nnz == 0 and poisoned.test[data.n_users :].nnz == 0
@@ -144,6 +144,23 @@ def test_attack_adds_exactly_the_configured_users_and_never_touches_test_data(at
     popularity = data.item_popularity()
     assert all(popularity[t] <= np.quantile(popularity, 0.2) for t in info.targets)
     assert np.array_equal(poison(data, "none", n_targets=3, seed=1)[1].targets, info.targets)  # same when clean
+
+
+FAST_SURROGATE = SurrogateAttackConfig(pretrain_epochs=5, batch_size=256, users_per_round=2)
+
+
+def test_dl_attack_spreads_fillers_and_is_cached(monkeypatch):
+    data = _toy_data()
+    _, first = poison(data, "dl", fake_user_fraction=0.05, n_targets=3, seed=1, surrogate=FAST_SURROGATE)
+    fillers = [set(p) - set(first.targets) for p in first.fake_profiles]
+    assert len(set.union(*fillers)) > max(len(f) for f in fillers)  # decayed weights spread the fillers
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the crafted profiles should come from the cache")
+
+    monkeypatch.setattr(attacks, "dl_attack_profiles", must_not_run)
+    _, again = poison(data, "dl", fake_user_fraction=0.05, n_targets=3, seed=1, surrogate=FAST_SURROGATE)
+    assert all(np.array_equal(a, b) for a, b in zip(first.fake_profiles, again.fake_profiles))
 
 
 def test_vat_radius_is_larger_for_lower_loss_users():
@@ -180,3 +197,20 @@ def test_mf_learns_a_toy_dataset_in_seconds(tmp_path):
     # 10 disjoint blocks of 10 items: a fitted model ranks the user's block first (random recall@20 ~ 0.2)
     assert summary["final"]["recall@20"] > 0.6
     assert summary["task"] == "toy-mf-random" and summary["method"] == "vat"
+
+
+def test_dl_attack_raises_target_hit_ratio_over_clean_training(tmp_path):
+    data = _toy_data()
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    for name, matrix in (("train.txt", data.train), ("test.txt", data.test)):
+        lines = [" ".join(map(str, [u, *matrix[u].indices])) for u in range(data.n_users) if matrix[u].nnz]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    hit_ratio = {}
+    for attack in ("none", "dl"):
+        config = build_config(RecConfig, PRESETS, "paper", {
+            "dataset": "toy", "data_dir": str(folder), "total_steps": 8, "eval_every": 8, "batch_size": 256,
+            "lr": 0.01, "attack": attack, "fake_user_fraction": 0.05, "n_targets": 2, "dl_pretrain_epochs": 5,
+            "dl_users_per_round": 2})
+        hit_ratio[attack] = train(SPECS["bpr"], config, tmp_path / attack, "paper", quiet=True)["final"]["t_hr@10"]
+    assert hit_ratio["dl"] > hit_ratio["none"] + 0.05, hit_ratio
