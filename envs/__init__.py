@@ -1,1 +1,16 @@
-"""Gymnasium environment plugins, registered through entry points."""
+"""Gymnasium environment plugins.
+
+Importing ``envs`` registers them (Gymnasium 1.x no longer loads plugins by entry point, so
+``gymnasium.make("envs:workbench/PointReach-v0")`` imports this package first, and the project's own
+code imports it before making environments).
+"""
+
+import gymnasium as gym
+
+
+def register_envs() -> None:
+    if "workbench/PointReach-v0" not in gym.registry:
+        gym.register("workbench/PointReach-v0", entry_point="envs.point_reach:PointReachEnv", max_episode_steps=50)
+
+
+register_envs()

@@ -56,6 +56,7 @@ def train_command(spec: MethodSpec):
         device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda[:N] | mps")] = None,
         precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16")] = None,
         deterministic: DeterministicOption = None,
+        dataset: Annotated[Optional[str], typer.Option(help="dataset name or path (config field dataset)")] = None,
         data_dir: Annotated[Optional[Path], typer.Option(help="dataset folder (config field data_dir)")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
     ) -> None:
@@ -63,7 +64,7 @@ def train_command(spec: MethodSpec):
             raise typer.BadParameter("--resume and --overwrite exclude each other; pick one.")
         values = parse_overrides(overrides)
         for key, value in (("seed", seed), ("device", device), ("precision", precision),
-                           ("deterministic", deterministic), ("data_dir", data_dir)):
+                           ("deterministic", deterministic), ("dataset", dataset), ("data_dir", data_dir)):
             if value is not None:
                 values[key] = str(value)
         config = build_config(spec.config_cls, spec.presets, preset, values)

@@ -1,0 +1,160 @@
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from envs.datasets import build
+from harness.config import build_config
+from harness.device import make_policy
+from harness.trainer import train
+from rl import RLError
+from rl.offline.a2pr import SPEC as A2PR_SPEC
+from rl.offline.a2pr import A2PRConfig, advantage_guided_target
+from rl.offline.datasets import (
+    D4RL_REFERENCE_RETURNS,
+    d4rl_normalized_score,
+    load_dataset,
+    qlearning_arrays,
+    read_d4rl_hdf5,
+    write_d4rl_hdf5,
+)
+from rl.offline.td3bc import SPEC as TD3BC_SPEC
+
+SMALL = {"hidden": 64, "vae_hidden": 64, "batch_size": 128, "eval_episodes": 5}
+
+
+def _arrays(n=6, obs_dim=2, act_dim=2):
+    rng = np.random.default_rng(0)
+    return {
+        "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, size=(n, act_dim)).astype(np.float32),
+        "rewards": np.arange(n, dtype=np.float32),
+        "terminals": np.zeros(n, dtype=bool),
+        "timeouts": np.zeros(n, dtype=bool),
+    }
+
+
+# ---- datasets ------------------------------------------------------------------------------------
+def test_builder_and_reader_round_trip(tmp_path):
+    path = build("pointreach-medium", n_steps=300, path=tmp_path / "pr.hdf5")
+    with h5py.File(path) as f:
+        assert {"observations", "actions", "rewards", "next_observations", "terminals", "timeouts"} <= set(f)
+        stored_rewards = f["rewards"][()]
+        assert f["timeouts"][()].sum() == 6 and f["terminals"][()].sum() == 0  # 50-step episodes
+    data = read_d4rl_hdf5(path)
+    assert len(data) == 300 and data.env_id == "workbench/PointReach-v0" and data.score_source == "local"
+    assert np.allclose(data.rewards, stored_rewards) and data.dones.sum() == 0  # a timeout is not a terminal
+    assert data.ref_min_return < data.ref_max_return
+    again = read_d4rl_hdf5(build("pointreach-medium", n_steps=300, path=tmp_path / "pr2.hdf5"))
+    assert np.array_equal(again.actions, data.actions)  # deterministic from the seed
+
+
+def test_timeouts_are_not_terminals_and_are_skipped_without_next_observations():
+    arrays = _arrays()
+    arrays["timeouts"][2] = True  # the episode is cut after step 2; step 3 starts a new one
+    arrays["terminals"][4] = True
+    out = qlearning_arrays(arrays)
+    # step 2 (timeout) and the last step (no successor) are dropped, as D4RL's qlearning_dataset does
+    assert out["rewards"].tolist() == [0, 1, 3, 4]
+    assert out["dones"].tolist() == [0, 0, 0, 1]
+    assert np.array_equal(out["next_observations"][1], arrays["observations"][2])
+    arrays["next_observations"] = arrays["observations"] + 1
+    kept = qlearning_arrays(arrays)  # stored s' make the timeout step usable, still not a terminal
+    assert kept["rewards"].tolist() == [0, 1, 2, 3, 4, 5] and kept["dones"].tolist() == [0, 0, 0, 0, 1, 0]
+
+
+def test_normalized_score_uses_the_d4rl_constants():
+    assert D4RL_REFERENCE_RETURNS["hopper"] == (-20.272305, 3234.3)
+    assert d4rl_normalized_score("hopper-medium-replay-v2", 3234.3) == pytest.approx(100.0)
+    assert d4rl_normalized_score("halfcheetah-medium-v2", -280.178953) == pytest.approx(0.0)
+    expected = 100 * (2000 - 1.629008) / (4592.3 - 1.629008)
+    assert d4rl_normalized_score("walker2d-medium-expert-v2", 2000) == pytest.approx(expected)
+    with pytest.raises(RLError, match="no D4RL reference"):
+        d4rl_normalized_score("pendulum", 0.0)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda a: a.update(rewards=a["rewards"][:-1]), r"key 'rewards' has 5 rows but 'observations' has 6"),
+    (lambda a: a["observations"].__setitem__((3, 0), np.nan), r"key 'observations' holds NaN/inf \(first at row 3\)"),
+    (lambda a: a.pop("timeouts"), r"missing key\(s\) timeouts"),
+    (lambda a: a.update(observations=np.zeros((6, 5), np.float32)), r"'observations' has width 5 but the environment"),
+])
+def test_bad_dataset_files_name_the_file_and_key(tmp_path, change, message):
+    import h5py as h5
+
+    arrays = _arrays()
+    change(arrays)
+    path = tmp_path / "bad.hdf5"
+    with h5.File(path, "w") as f:  # written directly: our writer refuses bad data
+        for key, value in arrays.items():
+            f[key] = value
+        f.attrs["env_id"] = "workbench/PointReach-v0"
+        f.attrs["ref_min_return"], f.attrs["ref_max_return"] = -40.0, -2.0
+    with pytest.raises(RLError, match=message) as error:
+        read_d4rl_hdf5(path)
+    assert "bad.hdf5" in str(error.value)
+
+
+def test_missing_dataset_names_the_build_command(tmp_path):
+    with pytest.raises(RLError, match="workbench rl data build hopper-medium-replay"):
+        load_dataset("hopper-medium-replay")
+    with pytest.raises(RLError, match="does not exist"):
+        load_dataset(str(tmp_path / "nothing.hdf5"))
+
+
+def test_writer_refuses_inconsistent_arrays(tmp_path):
+    arrays = _arrays()
+    arrays["actions"] = arrays["actions"][:3]
+    with pytest.raises(RLError, match="'actions' has 3 rows"):
+        write_d4rl_hdf5(tmp_path / "x.hdf5", arrays, {})
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+# ---- A2PR's advantage-selected target ------------------------------------------------------------
+def test_a2pr_target_takes_the_action_with_the_higher_advantage():
+    actions = torch.tensor([[[1.0], [2.0], [3.0], [4.0]]])
+    recon = torch.tensor([[[-1.0], [-2.0], [-3.0], [-4.0]]])
+    value = torch.tensor([[[0.0], [0.0], [0.0], [0.0]]])
+    q_data = torch.tensor([[[1.0], [0.5], [-1.0], [-2.0]]])
+    q_recon = torch.tensor([[[0.5], [0.5], [-0.5], [-3.0]]])
+    target, weight = advantage_guided_target(actions, recon, q_data, q_recon, value, mask=0.4)
+    # sample 0: data better; 1: tie -> reconstruction (>=); 2: reconstruction better; 3: data better
+    assert target.flatten().tolist() == [1.0, -2.0, -3.0, 4.0]
+    # weight: mask where Q(s, recon) >= V or Q(s, a) > V; sample 2 and 3 have neither
+    assert weight.flatten().tolist() == pytest.approx([0.4, 0.4, 0.0, 0.0])
+
+
+def test_a2pr_takes_official_per_task_hyperparameters_unless_set():
+    hopper = A2PRConfig(dataset="hopper-medium-replay")
+    assert (hopper.alpha, hopper.mask, hopper.vae_weight, hopper.discount) == (2.5, 0.4, 1.0, 0.995)
+    cheetah = A2PRConfig(dataset="halfcheetah-medium", mask=0.7)
+    assert (cheetah.alpha, cheetah.mask) == (40.0, 0.7)
+    assert A2PRConfig(dataset="pointreach-medium").mask == 0.5  # the official code's default
+
+
+# ---- learning ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", [TD3BC_SPEC, A2PR_SPEC], ids=["td3bc", "a2pr"])
+def test_offline_methods_improve_their_return_on_a_tiny_problem(tmp_path, spec):
+    build("pointreach-medium", n_steps=5000)
+    overrides = {**SMALL, "dataset": "pointreach-medium", "total_steps": 300, "eval_every": 300,
+                 "checkpoint_every": 300}
+    if spec is TD3BC_SPEC:
+        overrides.pop("vae_hidden")
+    else:  # A2PR's official depths (3-4 hidden layers) are slow to fit here; the update is the same
+        overrides |= {"actor_layers": 2, "critic_layers": 2, "value_layers": 2, "total_steps": 200,
+                      "eval_every": 200}
+    config = build_config(spec.config_cls, spec.presets, "tiny", overrides)
+    untrained = spec.build(config, make_policy("cpu", "fp32")).evaluate()["normalized_score"]
+    summary = train(spec, config, tmp_path / spec.name, "tiny", quiet=True)
+    assert summary["final"]["normalized_score"] > max(untrained + 30, 70), (untrained, summary["final"])
+
+
+def test_batched_seeds_report_each_member(tmp_path):
+    build("pointreach-medium", n_steps=2000)
+    config = build_config(TD3BC_SPEC.config_cls, TD3BC_SPEC.presets, "tiny", {
+        **{k: v for k, v in SMALL.items() if k != "vae_hidden"}, "dataset": "pointreach-medium", "n_seeds": 3,
+        "seed": 4, "total_steps": 20, "eval_every": 20, "eval_episodes": 2})
+    summary = train(TD3BC_SPEC, config, tmp_path / "run", "tiny", quiet=True)
+    scores = [summary["final"][f"normalized_score/seed{s}"] for s in (4, 5, 6)]
+    assert summary["final"]["normalized_score"] == pytest.approx(np.mean(scores))
+    assert len(set(scores)) == 3  # independent initializations
