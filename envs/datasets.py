@@ -6,8 +6,20 @@ terminals, timeouts``) with ``terminals`` = the environment's ``terminated`` and
 ``truncated`` (the time limit), plus metadata: the environment id, the builder, the seed, and the
 returns of the random and expert policies that normalize scores (labelled ``local``).
 
-``pointreach-<level>`` datasets (levels random, medium, expert, medium-expert) come from scripted
-policies on ``workbench/PointReach-v0`` and build in a second; the tests and the demo use them.
+``<family>-<level>`` for a family with exported SAC behaviour policies (``envs/behaviour.py``;
+hopper, halfcheetah, walker2d on Gymnasium MuJoCo v5), as D4RL made its own:
+
+* ``random``: uniform actions;
+* ``medium`` / ``expert``: the medium / expert actor rolled out with *sampled* actions;
+* ``medium-replay``: what the replay buffer saw up to the medium snapshot, rebuilt from the
+  snapshots: uniform actions for ``learning_starts`` steps, then each snapshot's sampled actions for
+  the environment steps until the next snapshot (the real buffer came from a policy that changed
+  every step; the rebuild changes it every ``eval_every`` steps). Its size is the medium
+  snapshot's step count, whatever ``n_steps`` says;
+* ``medium-expert``: medium then expert, concatenated.
+
+``pointreach-<level>`` (random, medium, expert, medium-expert) come from scripted policies on
+``workbench/PointReach-v0`` and build in a second; the tests and the demo use them.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import numpy as np
 import envs  # noqa: F401  (registers workbench/PointReach-v0)
 from envs.point_reach import expert_action
 from rl import RLError
-from rl.offline.datasets import local_dataset_path, write_d4rl_hdf5
+from rl.offline.datasets import LEVELS, local_dataset_path, write_d4rl_hdf5
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (observation, rng) -> action
 
@@ -104,10 +116,88 @@ def build_point_reach(level: str, n_steps: int = 20_000, seed: int = 0, path: st
     return write_d4rl_hdf5(path or local_dataset_path(name), arrays, attrs)
 
 
+# ---- SAC behaviour policies (MuJoCo) -------------------------------------------------------------
+def _sampled(model) -> Policy:
+    def act(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return model.predict(observation, deterministic=False)[0]
+
+    return act
+
+
+def _deterministic(model) -> Policy:
+    def act(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return model.predict(observation, deterministic=True)[0]
+
+    return act
+
+
+def _uniform_for(env_id: str) -> Policy:
+    space = gym.make(env_id).action_space
+
+    def act(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(space.low, space.high).astype(np.float32)
+
+    return act
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path: str | Path | None = None,
+                         policies_path: str | Path | None = None) -> Path:
+    from envs.behaviour import load_behaviour_policies, sac_actor_policy
+    from harness.seeding import seed_everything
+
+    seed_everything(seed)  # SB3 samples actions from torch's global generator
+    behaviour = load_behaviour_policies(family, policies_path)
+    env_id = behaviour["env_id"]
+    uniform = _uniform_for(env_id)
+
+    def policy_of(entry: dict) -> Policy:
+        return _sampled(sac_actor_policy(env_id, entry["actor"], seed))
+
+    if level == "random":
+        arrays = rollout(env_id, uniform, n_steps, seed)
+    elif level in ("medium", "expert"):
+        arrays = rollout(env_id, policy_of(behaviour[level]), n_steps, seed)
+    elif level == "medium-expert":
+        arrays = _concat([rollout(env_id, policy_of(behaviour[lv]), n_steps // 2, seed + i)
+                          for i, lv in enumerate(("medium", "expert"))])
+    elif level == "medium-replay":
+        # uniform actions until learning_starts, then snapshot j in charge until snapshot j + 1 was taken
+        replay = behaviour["replay"]
+        end = replay[-1]["step"]
+        cursor = min(behaviour.get("learning_starts") or 0, end)
+        parts = [rollout(env_id, uniform, cursor, seed)] if cursor else []
+        for j, snapshot in enumerate(replay):
+            stop = replay[j + 1]["step"] if j + 1 < len(replay) else end
+            if stop > cursor:
+                parts.append(rollout(env_id, policy_of(snapshot), stop - cursor, seed + j + 1))
+                cursor = stop
+        arrays = _concat(parts)
+    else:
+        raise RLError(f"level {level!r} is not one of {', '.join(LEVELS)}.")
+    expert_model = sac_actor_policy(env_id, behaviour["expert"]["actor"], seed)
+    attrs = {
+        "name": f"{family}-{level}", "env_id": env_id, "builder": "envs.datasets.build_from_behaviour",
+        "seed": seed, "score_source": "local",
+        "ref_min_return": average_return(env_id, uniform, 100, seed=10_000),
+        "ref_max_return": average_return(env_id, _deterministic(expert_model), 10, seed=10_000),
+        "medium_return": behaviour["medium"]["return"], "medium_step": behaviour["medium"]["step"],
+        "expert_return": behaviour["expert"]["return"], "expert_step": behaviour["expert"]["step"],
+    }
+    return write_d4rl_hdf5(path or local_dataset_path(f"{family}-{level}"), arrays, attrs)
+
+
+DEFAULT_STEPS = 200_000  # per dataset (D4RL: 1M); a CPU rolls out roughly 1,000 steps/s with a SAC actor
+
+
 def build(name: str, seed: int = 0, n_steps: int | None = None, path: str | Path | None = None) -> Path:
-    """Build dataset ``name`` (e.g. ``pointreach-medium``) into the project cache (or ``path``)."""
+    """Build dataset ``name`` (e.g. ``hopper-medium-replay``) into the project cache (or ``path``)."""
     family, _, level = name.partition("-")
     if family == "pointreach":
         return build_point_reach(level, n_steps or 20_000, seed, path)
-    raise RLError(f"no local builder for {name!r}; available now: pointreach-{{random,medium,expert,medium-expert}}. "
-                  "MuJoCo datasets (hopper/halfcheetah/walker2d) need the SAC behaviour policies, not built yet.")
+    if level not in LEVELS:
+        raise RLError(f"dataset name {name!r} should be <family>-<level> with level one of {', '.join(LEVELS)}.")
+    return build_from_behaviour(family, level, n_steps or DEFAULT_STEPS, seed, path)

@@ -4,6 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from envs.behaviour import SPEC as BEHAVIOUR
 from harness.cli import train_command
 from rl.offline.a2pr import SPEC as A2PR
 from rl.offline.td3bc import SPEC as TD3BC
@@ -30,6 +31,21 @@ def build_dataset(
 
     path = build(name, seed=seed, n_steps=steps)
     typer.echo(f"built {name}: {path}")
+
+
+data_app.command("train-behaviour", help="Train SAC behaviour policies: --set env=hopper (resumable run).")(
+    train_command(BEHAVIOUR))
+
+
+@data_app.command("export-behaviour")
+def export_behaviour(
+    run_dir: Annotated[str, typer.Argument(help="a finished train-behaviour run directory")],
+    medium_fraction: Annotated[float, typer.Option(help="medium: first snapshot with this share of expert")] = 1 / 3,
+    out: Annotated[Optional[str], typer.Option(help="default: envs/behaviour_policies/<family>.pt")] = None,
+) -> None:
+    from envs.behaviour import export_behaviour_policies
+
+    typer.echo(f"exported: {export_behaviour_policies(run_dir, medium_fraction, out)}")
 
 
 app.add_typer(data_app, name="data")

@@ -158,3 +158,25 @@ def test_batched_seeds_report_each_member(tmp_path):
     scores = [summary["final"][f"normalized_score/seed{s}"] for s in (4, 5, 6)]
     assert summary["final"]["normalized_score"] == pytest.approx(np.mean(scores))
     assert len(set(scores)) == 3  # independent initializations
+
+
+def test_sac_behaviour_export_and_mujoco_style_levels(tmp_path):
+    from envs.behaviour import SPEC as BEHAVIOUR
+    from envs.behaviour import export_behaviour_policies
+    from envs.datasets import build_from_behaviour
+
+    config = build_config(BEHAVIOUR.config_cls, BEHAVIOUR.presets, "tiny", {
+        "env": "workbench/PointReach-v0", "total_steps": 500, "learning_starts": 300, "steps_per_update": 100,
+        "eval_every": 250, "checkpoint_every": 250, "batch_size": 32})
+    summary = train(BEHAVIOUR, config, tmp_path / "sac", "tiny", quiet=True)
+    assert summary["status"] == "finished" and summary["step"] == 500
+    policies = export_behaviour_policies(tmp_path / "sac", out=tmp_path / "pr.pt")
+    stored = torch.load(policies, weights_only=False)
+    assert [s["step"] for s in stored["replay"]] == [300, 500][: len(stored["replay"])]
+    assert all(v.dtype == torch.float16 for v in stored["expert"]["actor"].values())
+    replay = read_d4rl_hdf5(build_from_behaviour("pr", "medium-replay", 0, seed=0, path=tmp_path / "mr.hdf5",
+                                                 policies_path=policies))
+    assert len(replay) == stored["medium"]["step"]  # uniform until learning_starts, then each snapshot's steps
+    both = read_d4rl_hdf5(build_from_behaviour("pr", "medium-expert", 400, seed=0, path=tmp_path / "me.hdf5",
+                                               policies_path=policies))
+    assert len(both) == 400 and both.score_source == "local" and both.metadata["expert_step"] == 500
