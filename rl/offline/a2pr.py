@@ -147,10 +147,11 @@ class A2PR(TD3BC):
         # 4. actor with the advantage-guided behaviour-cloning target
         if self.updates % cfg.policy_freq == 0:
             pi = self.actor(states)
-            q_pi = self.critic.q1(states, pi)
+            q_pi = self.critic.q1(states, pi, frozen=True)
             q_term = -(self.q_weight(q_pi) * q_pi).mean(dim=(1, 2))
             recon_pi, _, _ = self.vae(states, pi)
-            q_recon = self.critic.q1(states, recon_pi).detach()
+            with torch.no_grad():
+                q_recon = self.critic.q1(states, recon_pi)
             bc_target, weight = advantage_guided_target(actions, recon_pi, q_data, q_recon, value, cfg.mask)
             if cfg.detach_bc_target:
                 bc_target = bc_target.detach()

@@ -21,7 +21,7 @@ from torch import nn
 
 from harness.device import DevicePolicy
 from harness.trainer import MethodSpec
-from rl.common.networks import soft_update, vectorized_mlp
+from rl.common.networks import VectorizedLinear, soft_update, vectorized_mlp
 from rl.offline.common import OfflineAlgorithm, OfflineConfig, task_name
 
 
@@ -38,8 +38,19 @@ class TwinCritic(nn.Module):
         inputs = torch.cat([states, actions], -1)
         return self.net(torch.cat([inputs, inputs])).view(2, self.n_members, *inputs.shape[1:-1], 1)
 
-    def q1(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self(states, actions)[0]
+    def q1(self, states: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """The first head only (half the work of both). ``frozen``: gradients reach the inputs but not
+        the critic's weights, which the actor step never updates anyway."""
+        x = torch.cat([states, actions], -1)
+        for layer in self.net:
+            if isinstance(layer, VectorizedLinear):
+                weight, bias = layer.weight[: self.n_members], layer.bias[: self.n_members]
+                if frozen:
+                    weight, bias = weight.detach(), bias.detach()
+                x = torch.baddbmm(bias, x, weight)
+            else:
+                x = layer(x)
+        return x
 
 
 class Actor(nn.Module):
@@ -108,7 +119,7 @@ class TD3BC(OfflineAlgorithm):
         metrics = self.update_critic(states, actions, target)
         if self.updates % self.config.policy_freq == 0:
             pi = self.actor(states)
-            q_pi = self.critic.q1(states, pi)
+            q_pi = self.critic.q1(states, pi, frozen=True)
             q_term = -(self.q_weight(q_pi) * q_pi).mean(dim=(1, 2))
             bc_term = (pi - actions).pow(2).mean(dim=(1, 2))
             loss = (q_term + bc_term).sum()
