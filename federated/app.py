@@ -1,0 +1,244 @@
+"""The Flower app: FedSGD / FedAvg training of the small CNN on MNIST, with an honest-but-curious server.
+
+``client_app`` and ``server_app`` follow Flower's current API (``ClientApp`` / ``ServerApp`` with
+``Message`` and records). They run in the simulation engine (``flwr run`` with a local-simulation
+federation, or ``run_simulation`` from Python, see ``federated/simulate.py``) and on the deployment
+engine (SuperLink + SuperNodes) unchanged. Settings come from ``[tool.flwr.app.config]`` in
+pyproject.toml and ``--run-config`` (keys as ``FLSettings`` with dashes).
+
+The server aggregates with FedAvg and, being curious, writes the update of chosen clients in chosen
+rounds to ``<output-dir>/captures/`` with what an attacker would know: the global weights it sent,
+the client's returned weights, the learning rate, the local steps and the batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from federated import FederatedError
+from federated.data import ImageDataset, load_mnist
+from federated.defenses import defend
+from federated.models import SmallCNN
+from federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
+from harness.config import apply_overrides
+from harness.runs import atomic_torch_save, atomic_write_json
+
+SETTINGS_ENV = "WORKBENCH_FL_SETTINGS"
+
+
+@dataclass
+class FLSettings:
+    num_server_rounds: int = 3
+    fraction_train: float = 1.0  # share of clients sampled per round
+    mode: str = "fedsgd"  # fedsgd: one gradient on one batch; fedavg: local epochs of SGD
+    local_epochs: int = 1  # fedavg only
+    local_lr: float = 0.1
+    batch_size: int = 8
+    partition: str = "iid"  # iid | dirichlet
+    dirichlet_alpha: float = 0.5
+    defense: str = "none"  # none | noise | clip | clip+noise | prune (federated/defenses.py)
+    noise_std: float = 0.01
+    clip_norm: float = 4.0
+    prune_fraction: float = 0.2
+    capture_rounds: str = "1"  # comma-separated rounds whose updates the server records ("" = none)
+    capture_partitions: str = "0"  # comma-separated partition ids to record ("all" = every sampled client)
+    output_dir: str = "runs/federated/app"
+    data_dir: str = ""  # MNIST folder; empty = $WORKBENCH_DATA/mnist or ../shared/datasets/mnist
+    seed: int = 0
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FLSettings:
+        """Defaults, then ``$WORKBENCH_FL_SETTINGS`` (JSON; how ``simulate`` reaches Ray workers, since
+        Flower's Python ``run_simulation`` takes no run config), then the Flower run config."""
+        values = json.loads(os.environ.get(SETTINGS_ENV, "{}"))
+        values |= {key.replace("-", "_"): value for key, value in run_config.items()}
+        settings = apply_overrides(cls(), values, where="run config")
+        if settings.mode not in ("fedsgd", "fedavg"):
+            raise FederatedError(f"mode={settings.mode!r} must be fedsgd or fedavg.")
+        if settings.partition not in ("iid", "dirichlet"):
+            raise FederatedError(f"partition={settings.partition!r} must be iid or dirichlet.")
+        return settings
+
+    def rounds_to_capture(self) -> set[int]:
+        return {int(r) for r in self.capture_rounds.split(",") if r.strip()}
+
+    def captures(self, partition_id: int) -> bool:
+        return self.capture_partitions == "all" or partition_id in {
+            int(p) for p in self.capture_partitions.split(",") if p.strip()}
+
+
+def make_model(seed: int) -> SmallCNN:
+    """The shared model: the foundation's CNN without dropout, so a client's gradient is a function
+    of its data alone (what gradient inversion assumes; GIFD runs its model in eval mode too)."""
+    torch.manual_seed(seed)
+    return SmallCNN(dropout=0.0)
+
+
+@functools.lru_cache(maxsize=4)
+def mnist_with_roles(data_dir: str, seed: int) -> tuple[ImageDataset, dict[str, np.ndarray]]:
+    data = load_mnist(data_dir or None, "test")
+    return data, assign_roles(data.labels, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def client_partitions(data_dir: str, seed: int, n_partitions: int, partition: str,
+                      alpha: float) -> list[np.ndarray]:
+    """Each client's image indices (into the MNIST array)."""
+    data, roles = mnist_with_roles(data_dir, seed)
+    pool = roles["clients"]
+    if partition == "iid":
+        parts = iid_partition(len(pool), n_partitions, seed)
+    else:
+        parts = dirichlet_partition(data.labels[pool].numpy(), n_partitions, alpha, seed)
+    return [pool[p] for p in parts]
+
+
+def batch_gradient(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    loss = F.cross_entropy(model(images), labels)
+    return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+
+# ---- client ------------------------------------------------------------------------------------
+client_app = ClientApp()
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    settings = FLSettings.from_run_config(dict(context.run_config))
+    partition_id = int(context.node_config["partition-id"])
+    n_partitions = int(context.node_config["num-partitions"])
+    server_round = int(msg.content["config"]["server-round"])
+    data, _ = mnist_with_roles(settings.data_dir, settings.seed)
+    mine = client_partitions(settings.data_dir, settings.seed, n_partitions, settings.partition,
+                             settings.dirichlet_alpha)[partition_id]
+    model = make_model(settings.seed)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.eval()  # no dropout or batch-norm in this model; eval keeps it that way for any model
+    noise_seed = np.random.SeedSequence([settings.seed, server_round, partition_id]).generate_state(1)[0]
+    generator = torch.Generator().manual_seed(int(noise_seed))
+    weights = [p.detach().clone() for p in model.parameters()]
+    if settings.mode == "fedsgd":
+        batch = client_batch(mine, settings.batch_size, server_round, partition_id, settings.seed)
+        gradient = batch_gradient(model, data.images[batch], data.labels[batch])
+        shared = defend(settings.defense, gradient, generator, settings.noise_std, settings.clip_norm,
+                        settings.prune_fraction)
+        new_weights = [w - settings.local_lr * g for w, g in zip(weights, shared)]
+        n_examples, steps = len(batch), 1
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=settings.local_lr)
+        order_rng = np.random.default_rng([settings.seed, server_round, partition_id])
+        steps = 0
+        for _ in range(settings.local_epochs):
+            order = mine[order_rng.permutation(len(mine))]
+            for start in range(0, len(order), settings.batch_size):
+                batch = order[start : start + settings.batch_size]
+                optimizer.zero_grad()
+                F.cross_entropy(model(data.images[batch]), data.labels[batch]).backward()
+                optimizer.step()
+                steps += 1
+        delta = [p.detach() - w for p, w in zip(model.parameters(), weights)]
+        delta = defend(settings.defense, delta, generator, settings.noise_std, settings.clip_norm,
+                       settings.prune_fraction)
+        new_weights = [w + d for w, d in zip(weights, delta)]
+        n_examples = len(mine) * settings.local_epochs
+    state = {name: tensor for (name, _), tensor in zip(model.named_parameters(), new_weights)}
+    metrics = MetricRecord({"num-examples": n_examples, "partition-id": partition_id, "local-steps": steps})
+    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+
+
+# ---- server ------------------------------------------------------------------------------------
+class CuriousFedAvg(FedAvg):
+    """FedAvg that also records chosen clients' updates, with what an attacker knows, to disk."""
+
+    def __init__(self, settings: FLSettings, capture_dir: Path, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.settings, self.capture_dir = settings, capture_dir
+        self.sent: dict[int, dict[str, torch.Tensor]] = {}
+        self.captured: list[str] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        if server_round in self.settings.rounds_to_capture():
+            self.sent[server_round] = arrays.to_torch_state_dict()
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies):
+        replies = list(replies)
+        if server_round in self.sent:
+            for reply in replies:
+                if reply.has_error():
+                    continue
+                metrics = reply.content["metrics"]
+                partition_id = int(metrics["partition-id"])
+                if self.settings.captures(partition_id):
+                    self._capture(server_round, partition_id, reply, metrics)
+        return super().aggregate_train(server_round, replies)
+
+    def _capture(self, server_round: int, partition_id: int, reply: Message, metrics: MetricRecord) -> None:
+        s = self.settings
+        record = {
+            "round": server_round, "partition_id": partition_id, "node_id": int(reply.metadata.src_node_id),
+            "global_weights": self.sent[server_round], "client_weights": reply.content["arrays"].to_torch_state_dict(),
+            "mode": s.mode, "local_lr": s.local_lr, "batch_size": s.batch_size,
+            "local_steps": int(metrics["local-steps"]), "num_examples": int(metrics["num-examples"]),
+            "defense": {"name": s.defense, "noise_std": s.noise_std, "clip_norm": s.clip_norm,
+                        "prune_fraction": s.prune_fraction},
+            "settings": dataclasses.asdict(s),
+        }
+        path = self.capture_dir / f"round{server_round:03d}-client{partition_id:04d}.pt"
+        atomic_torch_save(record, path)
+        self.captured.append(str(path))
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    settings = FLSettings.from_run_config(dict(context.run_config))
+    output = Path(settings.output_dir)
+    data, roles = mnist_with_roles(settings.data_dir, settings.seed)
+    test_images, test_labels = data.images[roles["server_test"]], data.labels[roles["server_test"]]
+    model = make_model(settings.seed)
+    strategy = CuriousFedAvg(settings, output / "captures", fraction_train=settings.fraction_train,
+                             fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    history: list[dict[str, float]] = []
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        model.eval()
+        with torch.no_grad():
+            accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
+        history.append({"round": server_round, "accuracy": accuracy})
+        return MetricRecord({"accuracy": accuracy})
+
+    strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=settings.num_server_rounds,
+                   evaluate_fn=evaluate)
+    atomic_write_json(output / "summary.json", {"settings": dataclasses.asdict(settings), "history": history,
+                                                "captures": strategy.captured})
+
+
+def read_capture(path: str | Path) -> dict[str, Any]:
+    """A captured update, as the attacker sees it; ``gradient`` is recovered for FedSGD."""
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    if record["mode"] == "fedsgd":
+        record["gradient"] = [(record["global_weights"][k] - record["client_weights"][k]) / record["local_lr"]
+                              for k in record["client_weights"]]
+    return record
+
+
+def summary_text(path: str | Path) -> str:
+    return json.dumps(json.loads(Path(path).read_text())["history"])

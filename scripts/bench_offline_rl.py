@@ -1,0 +1,206 @@
+"""Benchmark: A2PR against TD3+BC on locally built D4RL-style datasets, plus update speed against d3rlpy.
+
+Cells are (task, method); each cell is one harness run training all seeds together as batched
+networks (``n_seeds``), so it resumes from its checkpoint when the script is restarted and a
+finished cell is skipped. results.json / README.md are rewritten after every cell, labelled with
+how many cells are done. Per seed: ``normalized_score_last`` (the last evaluation) and
+``normalized_score_best`` (the best evaluation seen); scores use each dataset's stored reference
+returns (``local`` for data built here).
+
+    python scripts/bench_offline_rl.py --steps 20000 --seeds 0 1 2
+    python scripts/bench_offline_rl.py --tasks pointreach-medium --steps 300 --eval-every 100   # smoke test
+
+``--speed N`` also times N gradient updates of ours (TD3+BC, A2PR; one seed, and ``--batch-seeds``
+seeds batched) and of d3rlpy's ``TD3PlusBC`` on the first task's data, interleaved in this process
+with the same torch threads and batch size (d3rlpy pins gymnasium 1.0; install it beside ours with
+``pip install --no-deps d3rlpy==2.8.1 gym==0.26.2 gym-notices structlog dataclasses-json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from harness.config import build_config  # noqa: E402
+from harness.device import make_policy  # noqa: E402
+from harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement  # noqa: E402
+from harness.report import write_results  # noqa: E402
+from harness.runs import RunDir  # noqa: E402
+from harness.trainer import train  # noqa: E402
+from rl.offline.a2pr import SPEC as A2PR  # noqa: E402
+from rl.offline.datasets import load_dataset  # noqa: E402
+from rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
+
+SPECS = {"a2pr": A2PR, "td3bc": TD3BC}
+TASKS = [f"{env}-{level}" for env in ("hopper", "halfcheetah", "walker2d")
+         for level in ("medium", "medium-replay", "medium-expert")]
+
+
+def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, scores[seed, eval]) from a run's evaluation rows."""
+    rows = run.read_metrics("eval")
+    keys = ["normalized_score"] if len(seeds) == 1 else [f"normalized_score/seed{s}" for s in seeds]
+    steps = np.array([row["step"] for row in rows])
+    return steps, np.array([[row[key] for row in rows] for key in keys])
+
+
+def speed_records(task: str, n_updates: int, batch_seeds: int) -> tuple[list[dict], str]:
+    """updates/s of ours and d3rlpy's TD3PlusBC, alternating, two rounds each, on the same data."""
+    data = load_dataset(task)
+
+    def ours(spec, n_seeds: int):
+        config = build_config(spec.config_cls, spec.presets, "paper", {"dataset": task, "n_seeds": n_seeds})
+        algorithm = spec.build(config, make_policy("cpu", "fp32"))
+
+        def run(n: int) -> float:
+            start = time.perf_counter()
+            for _ in range(n):
+                algorithm.update()
+            return n / (time.perf_counter() - start)
+
+        return run
+
+    contenders = {"td3bc": ours(TD3BC, 1), "a2pr": ours(A2PR, 1),
+                  f"td3bc-{batch_seeds}seeds": ours(TD3BC, batch_seeds)}
+    note = ""
+    try:
+        import d3rlpy
+        from d3rlpy.algos import TD3PlusBCConfig
+        from d3rlpy.dataset import MDPDataset
+
+        timeouts = np.zeros(len(data), dtype=np.float32)
+        timeouts[-1] = 1.0  # d3rlpy needs an episode end; transitions are sampled uniformly either way
+        dataset = MDPDataset(data.observations, data.actions, data.rewards, data.dones, timeouts=timeouts)
+        d3 = TD3PlusBCConfig(batch_size=256, observation_scaler=d3rlpy.preprocessing.StandardObservationScaler()
+                             ).create(device="cpu:0")
+        d3.build_with_dataset(dataset)
+
+        def run_d3(n: int) -> float:
+            start = time.perf_counter()
+            d3.fit(dataset, n_steps=n, n_steps_per_epoch=n, show_progress=False, save_interval=10**9,
+                   logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+            return n / (time.perf_counter() - start)
+
+        contenders["d3rlpy-td3bc"] = run_d3
+    except ImportError as error:
+        note = f"d3rlpy not installed ({error}); no d3rlpy row."
+    for run in contenders.values():
+        run(20)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(2):
+        for name, run in contenders.items():
+            rates[name].append(run(n_updates))
+    records = [{"method": name, "task": task, "seed": 0, "metrics": {"updates_per_s": float(np.mean(r))}}
+               for name, r in rates.items()]
+    return records, note
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--methods", nargs="+", default=["td3bc", "a2pr"], choices=sorted(SPECS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="consecutive seeds, batched")
+    parser.add_argument("--steps", type=int, default=20_000, help="gradient steps per run")
+    parser.add_argument("--eval-every", type=int, default=5000)
+    parser.add_argument("--speed", type=int, default=0, help="also time this many updates per contender")
+    parser.add_argument("--batch-seeds", type=int, default=5)
+    parser.add_argument("--runs", default="runs/bench/offline_rl")
+    parser.add_argument("--out", default="benchmarks/offline_rl")
+    args = parser.parse_args()
+    if args.seeds != list(range(args.seeds[0], args.seeds[0] + len(args.seeds))):
+        raise SystemExit(f"--seeds {args.seeds}: batched seeds must be consecutive (e.g. 0 1 2)")
+    out = Path(args.out)
+    command = "python scripts/bench_offline_rl.py " + shlex.join(sys.argv[1:])
+    cells = [(task, method) for task in args.tasks for method in args.methods]
+    records, curves, notes = [], {}, []
+    for done, (task, method) in enumerate(cells, start=1):
+        spec = SPECS[method]
+        config = build_config(spec.config_cls, spec.presets, "paper", {
+            "dataset": task, "seed": args.seeds[0], "n_seeds": len(args.seeds), "total_steps": args.steps,
+            "eval_every": args.eval_every, "checkpoint_every": args.eval_every})
+        run_dir = Path(args.runs) / task / f"{method}-seeds{args.seeds[0]}-{args.seeds[-1]}"
+        summary = train(spec, config, str(run_dir), "paper", if_exists="resume", quiet=True)
+        steps, scores = member_scores(RunDir(run_dir), args.seeds)
+        curves[(method, task)] = (steps, scores)
+        for seed, row in zip(args.seeds, scores):
+            records.append({"method": method, "task": task, "seed": seed, "metrics": {
+                "normalized_score_last": float(row[-1]), "normalized_score_best": float(row.max())}})
+        source = load_dataset(task).score_source
+        print(f"[{done}/{len(cells)}] {task} {method}: last {scores[:, -1].round(1).tolist()} "
+              f"({summary['throughput']['steps_per_s']:.1f} steps/s, scores {source})", flush=True)
+        write(out, command, records, curves, args, done, len(cells), notes)
+    if args.speed:
+        speed, note = speed_records(args.tasks[0], args.speed, args.batch_seeds)
+        records += speed
+        notes += [note] if note else []
+        print(json.dumps([(r["method"], r["metrics"]) for r in speed]), flush=True)
+        write(out, command, records, curves, args, len(cells), len(cells), notes)
+    return 0
+
+
+def write(out: Path, command: str, records: list[dict], curves: dict, args, done: int, total: int,
+          notes: list[str]) -> None:
+    status = "complete" if done == total else f"PARTIAL: {done} of {total} cells done"
+    extra = [_aggregate_markdown(records, args.methods)]
+    figure = _plot(curves, out / "learning_curves.png")
+    if figure:
+        extra.append(f"![learning curves]({figure.name})")
+    text = (f"{status}. {len(args.seeds)} seeds (batched), {args.steps} gradient steps, evaluation every "
+            f"{args.eval_every} steps with 10 deterministic episodes; datasets built locally "
+            "(`workbench rl data build`), normalized with their stored local random / expert returns. "
+            + " ".join(notes))
+    write_results(out, "offline_rl", command, records, notes=text, extra_markdown="\n\n".join(extra))
+
+
+def _aggregate_markdown(records: list[dict], methods: list[str]) -> str:
+    """Probability that A2PR's last score beats TD3+BC's, over tasks (rliable's definition)."""
+    if not {"a2pr", "td3bc"} <= set(methods):
+        return ""
+    by = {(r["method"], r["task"], r["seed"]): r["metrics"].get("normalized_score_last") for r in records}
+    tasks = sorted({t for m, t, _ in by if m == "a2pr" and any(k[0] == "td3bc" and k[1] == t for k in by)})
+    seeds = sorted({s for _, _, s in by})
+    if not tasks:
+        return ""
+    a = np.array([[by[("a2pr", t, s)] for t in tasks] for s in seeds if ("a2pr", tasks[0], s) in by])
+    b = np.array([[by[("td3bc", t, s)] for t in tasks] for s in seeds if ("td3bc", tasks[0], s) in by])
+    result = probability_of_improvement(a, b)
+    return (f"P(A2PR > TD3+BC) on the last normalized score, over {len(tasks)} task(s): "
+            f"{result['probability']:.3f} (95% CI [{result['ci95'][0]:.3f}, {result['ci95'][1]:.3f}]).")
+
+
+def _plot(curves: dict, path: Path) -> Path | None:
+    tasks = sorted({task for _, task in curves})
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for (method, t), (steps, scores) in sorted(curves.items()):
+            if t == task:
+                mean, low, high = mean_and_ci_over_seeds(scores)
+                ax.plot(steps, mean, label=f"{method} (n={len(scores)})")
+                ax.fill_between(steps, low, high, alpha=0.25)
+        ax.set_title(task)
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("normalized score")
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    sys.exit(main())

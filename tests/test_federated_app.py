@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from federated import FederatedError
+from federated.app import CuriousFedAvg, FLSettings, batch_gradient, client_app, make_model, read_capture
+from federated.data import load_mnist
+from federated.defenses import clip_global_norm, defend, prune_smallest
+from federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
+
+
+@pytest.fixture(autouse=True)
+def flower_identity(monkeypatch):
+    """Messages need a run identity, which Flower's runtimes set; calling the app directly sets it here."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def _train_message(model, server_round=1):
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                          "config": ConfigRecord({"server-round": server_round})})
+    return Message(content=content, dst_node_id=7, message_type="train")
+
+
+def _context(partition_id=3, n_partitions=10, **run_config):
+    return Context(run_id=1, node_id=7, node_config={"partition-id": partition_id, "num-partitions": n_partitions},
+                   state=RecordDict(), run_config=run_config)
+
+
+# ---- who holds what ------------------------------------------------------------------------------
+def test_roles_are_disjoint_and_stratified():
+    labels = torch.arange(10).repeat(1000)
+    roles = assign_roles(labels, seed=0)
+    sets = [set(v.tolist()) for v in roles.values()]
+    assert sum(len(s) for s in sets) == 10_000 and len(set.union(*sets)) == 10_000
+    assert len(roles["server_test"]) == 1000 and len(roles["prior"]) == 3000
+    assert np.bincount(labels[roles["prior"]].numpy()).tolist() == [300] * 10
+
+
+def test_iid_and_dirichlet_partitions_cover_the_pool_once():
+    labels = np.repeat(np.arange(10), 60)
+    for parts in (iid_partition(600, 100, seed=0), dirichlet_partition(labels, 20, 0.1, seed=0)):
+        joined = np.concatenate(parts)
+        assert len(joined) == 600 and len(np.unique(joined)) == 600
+    skewed = dirichlet_partition(labels, 20, 0.1, seed=0)
+    mixed = dirichlet_partition(labels, 20, 100.0, seed=0)
+    classes = [np.mean([len(np.unique(labels[p])) for p in parts]) for parts in (skewed, mixed)]
+    assert classes[0] < classes[1]  # small alpha gives each client fewer classes
+    with pytest.raises(FederatedError, match="dirichlet-alpha"):
+        dirichlet_partition(labels, 20, 0.0, seed=0)
+
+
+# ---- the client ---------------------------------------------------------------------------------
+def test_fedsgd_client_returns_one_sgd_step_on_its_recomputable_batch():
+    model = make_model(0)
+    reply = client_app(_train_message(model), _context(batch_size=4, local_lr=0.1))
+    metrics = reply.content["metrics"]
+    assert (metrics["num-examples"], metrics["partition-id"], metrics["local-steps"]) == (4, 3, 1)
+    settings = FLSettings(batch_size=4)
+    from federated.app import client_partitions, mnist_with_roles
+
+    data, _ = mnist_with_roles("", 0)
+    mine = client_partitions("", 0, 10, "iid", 0.5)[3]
+    batch = client_batch(mine, settings.batch_size, 1, 3, settings.seed)
+    gradient = batch_gradient(model, data.images[batch], data.labels[batch])
+    returned = reply.content["arrays"].to_torch_state_dict()
+    for (name, weight), grad in zip(model.named_parameters(), gradient):
+        assert torch.allclose(returned[name], weight.detach() - 0.1 * grad, atol=1e-6)
+
+
+def test_defenses_clip_prune_and_noise():
+    update = [torch.full((10,), 3.0), torch.arange(10.0)]
+    clipped = clip_global_norm(update, 1.0)
+    assert torch.sqrt(sum(t.pow(2).sum() for t in clipped)).item() == pytest.approx(1.0, rel=1e-5)
+    pruned = prune_smallest([torch.arange(10.0)], 0.2)[0]
+    assert pruned.tolist() == [0, 0] + list(range(2, 10))
+    noisy = defend("noise", update, torch.Generator().manual_seed(0), noise_std=0.5)
+    assert not torch.equal(noisy[0], update[0])
+    with pytest.raises(FederatedError, match="defense='blur'"):
+        defend("blur", update, torch.Generator())
+
+
+def test_curious_server_records_an_update_the_attacker_can_turn_into_the_gradient(tmp_path):
+    model = make_model(0)
+    reply = client_app(_train_message(model), _context(batch_size=2, local_lr=0.05))
+    settings = FLSettings(local_lr=0.05, batch_size=2, capture_rounds="1", capture_partitions="3")
+    strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
+    strategy.sent[1] = model.state_dict()
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    assert arrays is not None and len(strategy.captured) == 1
+    record = read_capture(strategy.captured[0])
+    assert record["batch_size"] == 2 and record["local_steps"] == 1 and record["partition_id"] == 3
+    data = load_mnist(None, "test")
+    from federated.app import client_partitions
+
+    batch = client_batch(client_partitions("", 0, 10, "iid", 0.5)[3], 2, 1, 3, 0)
+    true_gradient = batch_gradient(model, data.images[batch], data.labels[batch])
+    for recovered, true in zip(record["gradient"], true_gradient):
+        assert torch.allclose(recovered, true, atol=1e-4)
+
+
+def test_bad_run_config_names_the_key():
+    with pytest.raises(Exception, match="batch_sise"):
+        FLSettings.from_run_config({"batch-sise": 4})
+    with pytest.raises(FederatedError, match="mode='fedsdg'"):
+        FLSettings.from_run_config({"mode": "fedsdg"})
