@@ -142,7 +142,13 @@ def main() -> int:
         write(out, command, records, curves, args, done, len(cells), notes)
     if args.speed:
         speed, note = speed_records(args.tasks[0], args.speed, args.batch_seeds)
-        records += speed
+        for row in speed:  # one record per (method, task, seed): speed joins the first seed's scores
+            same = [r for r in records if (r["method"], r["task"], r["seed"]) == (row["method"], row["task"],
+                                                                                  args.seeds[0])]
+            if same:
+                same[0]["metrics"] |= row["metrics"]
+            else:
+                records.append({**row, "seed": args.seeds[0]})
         notes += [note] if note else []
         print(json.dumps([(r["method"], r["metrics"]) for r in speed]), flush=True)
         write(out, command, records, curves, args, len(cells), len(cells), notes)
@@ -167,7 +173,8 @@ def _aggregate_markdown(records: list[dict], methods: list[str]) -> str:
     """Probability that A2PR's last score beats TD3+BC's, over tasks (rliable's definition)."""
     if not {"a2pr", "td3bc"} <= set(methods):
         return ""
-    by = {(r["method"], r["task"], r["seed"]): r["metrics"].get("normalized_score_last") for r in records}
+    by = {(r["method"], r["task"], r["seed"]): r["metrics"]["normalized_score_last"] for r in records
+          if "normalized_score_last" in r["metrics"]}
     tasks = sorted({t for m, t, _ in by if m == "a2pr" and any(k[0] == "td3bc" and k[1] == t for k in by)})
     seeds = sorted({s for _, _, s in by})
     if not tasks:
