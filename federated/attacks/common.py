@@ -1,0 +1,56 @@
+"""Pieces every gradient-inversion attack shares: the victim's gradient as a function of dummy data,
+gradient-matching losses, total variation, and analytic label inference.
+
+The attacker knows the global weights (it sent them), the batch size, and the defense's public
+parameters; for deterministic defenses (clipping, pruning) it applies them to its own dummy
+gradients too (the adaptive attacker).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from federated.defenses import deterministic_part
+
+
+def dummy_gradient(model: nn.Module, images: torch.Tensor, label_target: torch.Tensor,
+                   defense: dict | None = None) -> list[torch.Tensor]:
+    """∇_θ CE(model(images), labels) with a graph (for optimizing images); ``label_target`` is hard
+    labels (int) or soft label probabilities (float, DLG)."""
+    logits = model(images)
+    if label_target.dtype.is_floating_point:
+        loss = torch.sum(-label_target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    else:
+        loss = F.cross_entropy(logits, label_target)
+    gradient = list(torch.autograd.grad(loss, list(model.parameters()), create_graph=True))
+    if defense:
+        gradient = deterministic_part(defense["name"], gradient, defense["clip_norm"], defense["prune_fraction"])
+    return gradient
+
+
+def euclidean_loss(gradient: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    return sum(((g - t) ** 2).sum() for g, t in zip(gradient, target))
+
+
+def cosine_loss(gradient: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """1 − one global cosine similarity over all layers (Geiping et al.'s 'sim', GIFD's 'sim_cmpr0')."""
+    dot = sum((g * t).sum() for g, t in zip(gradient, target))
+    norm_g = torch.sqrt(sum(g.pow(2).sum() for g in gradient))
+    norm_t = torch.sqrt(sum(t.pow(2).sum() for t in target))
+    return 1 - dot / (norm_g * norm_t + 1e-12)
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV: mean |dx| + mean |dy|."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+def infer_labels(target_gradient: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """iDLG / GIFD's rule: the last layer's weight-gradient rows sum to (p_c − y_c)·Σh, negative only for
+    labels in the batch (ReLU features h ≥ 0); take the ``batch_size`` most negative rows (distinct labels)."""
+    last_weight_grad = target_gradient[-2]  # (classes, features); the bias gradient is [-1]
+    return torch.argsort(last_weight_grad.sum(dim=1))[:batch_size]
