@@ -85,7 +85,9 @@ class BehaviourTraining:
         return metrics | {"steps": self.model.num_timesteps - before}
 
     def evaluate(self) -> dict[str, float]:
-        returns = policy_returns(self.model, self.env_id, self.config.eval_episodes, seed=10_000)
+        from envs.datasets import deterministic_policy, episode_returns
+
+        returns = episode_returns(self.env_id, deterministic_policy(self.model), self.config.eval_episodes, seed=10_000)
         actor = {k: v.detach().cpu().clone() for k, v in self.model.policy.actor.state_dict().items()}
         self.snapshots.append({"step": int(self.model.num_timesteps), "return": float(np.mean(returns)),
                                "actor": actor})
@@ -109,22 +111,6 @@ class BehaviourTraining:
         buffer.pos, buffer.full = state["buffer_pos"], state["buffer_full"]
         self.snapshots = state["snapshots"]
         self.model._last_obs = None  # the next learn() starts from a reset
-
-
-def policy_returns(model, env_id: str, episodes: int, seed: int, deterministic: bool = True) -> np.ndarray:
-    env = gym.make(env_id)
-    returns = []
-    for episode in range(episodes):
-        observation, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(observation, deterministic=deterministic)
-            observation, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return np.asarray(returns)
 
 
 def _task(config: BehaviourConfig) -> str:

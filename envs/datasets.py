@@ -62,7 +62,8 @@ def rollout(env_id: str, policy: Policy, n_steps: int, seed: int) -> dict[str, n
     return arrays
 
 
-def average_return(env_id: str, policy: Policy, episodes: int, seed: int) -> float:
+def episode_returns(env_id: str, policy: Policy, episodes: int, seed: int) -> np.ndarray:
+    """Undiscounted returns of ``episodes`` episodes reset with seeds seed, seed + 1, ..."""
     env = gym.make(env_id)
     rng = np.random.default_rng(seed)
     returns = []
@@ -75,7 +76,11 @@ def average_return(env_id: str, policy: Policy, episodes: int, seed: int) -> flo
             done = terminated or truncated
         returns.append(total)
     env.close()
-    return float(np.mean(returns))
+    return np.asarray(returns)
+
+
+def average_return(env_id: str, policy: Policy, episodes: int, seed: int) -> float:
+    return float(episode_returns(env_id, policy, episodes, seed).mean())
 
 
 # ---- PointReach (scripted behaviour policies) ----------------------------------------------------
@@ -124,7 +129,7 @@ def _sampled(model) -> Policy:
     return act
 
 
-def _deterministic(model) -> Policy:
+def deterministic_policy(model) -> Policy:
     def act(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return model.predict(observation, deterministic=True)[0]
 
@@ -183,7 +188,7 @@ def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path:
         "name": f"{family}-{level}", "env_id": env_id, "builder": "envs.datasets.build_from_behaviour",
         "seed": seed, "score_source": "local",
         "ref_min_return": average_return(env_id, uniform, 100, seed=10_000),
-        "ref_max_return": average_return(env_id, _deterministic(expert_model), 10, seed=10_000),
+        "ref_max_return": average_return(env_id, deterministic_policy(expert_model), 10, seed=10_000),
         "medium_return": behaviour["medium"]["return"], "medium_step": behaviour["medium"]["step"],
         "expert_return": behaviour["expert"]["return"], "expert_step": behaviour["expert"]["step"],
     }

@@ -238,7 +238,3 @@ def read_capture(path: str | Path) -> dict[str, Any]:
         record["gradient"] = [(record["global_weights"][k] - record["client_weights"][k]) / record["local_lr"]
                               for k in record["client_weights"]]
     return record
-
-
-def summary_text(path: str | Path) -> str:
-    return json.dumps(json.loads(Path(path).read_text())["history"])

@@ -35,6 +35,7 @@ from harness.data import cache_dir
 from harness.runs import atomic_write_bytes
 from recsys import RecsysError
 from recsys.data import BPRSampler, InteractionData, to_csr
+from recsys.metrics import mask_seen
 from recsys.models import MF, bpr_loss
 
 ATTACKS = ("none", "random", "bandwagon", "dl")
@@ -155,8 +156,6 @@ def _surrogate_epoch(model: MF, optimizer: torch.optim.Optimizer, sampler: BPRSa
 @torch.no_grad()
 def _kth_items(model: MF, train: sp.csr_matrix, users: np.ndarray, k: int, batch_size: int = 1024) -> torch.Tensor:
     """The item at rank k of each user's current top-k list (training items excluded)."""
-    from recsys.metrics import mask_seen  # metrics imports data, not attacks; keep the module graph flat
-
     user_emb, item_emb = model.all_embeddings()
     out = torch.empty(len(users), dtype=torch.long)
     for start in range(0, len(users), batch_size):

@@ -30,7 +30,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from harness.config import build_config  # noqa: E402
 from harness.device import make_policy  # noqa: E402
@@ -209,5 +208,4 @@ def _plot(curves: dict, path: Path) -> Path | None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(torch.get_num_threads())
     sys.exit(main())
