@@ -4,11 +4,11 @@ Both train BPR with one uniform negative per training interaction per epoch (an 
 over the training interactions), batch 2048, embedding 64, 3 layers, and evaluate Recall/NDCG@20
 over all items for every test user with training items masked. RecBole runs in its own virtual
 environment (its ray pin conflicts with Flower's, and RecBole 1.2.1 still uses ``np.float_``, gone in
-NumPy 2), in a child process with the same torch thread
+NumPy 2, and scipy sparse internals removed after 1.10), in a child process with the same torch thread
 count, right after ours on the same machine:
 
     python -m venv .venv-recbole
-    .venv-recbole/bin/pip install torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy<1.14"
+    .venv-recbole/bin/pip install torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<2.3" "scipy==1.10.1"
     python scripts/bench_recsys_throughput.py --recbole-python .venv-recbole/bin/python --user-sample 3000
 
 Each timing is the median over ``--epochs`` epochs (after one warm-up epoch) and ``--evals``
