@@ -183,13 +183,18 @@ def test_adversarial_perturbation_has_the_requested_norm_and_raises_the_loss():
 
 
 # ---- training through the harness ---------------------------------------------------------------
-def test_mf_learns_a_toy_dataset_in_seconds(tmp_path):
+def _write_toy_folder(folder):
+    """The toy data in the LightGCN text format, for training through the config's data_dir."""
     data = _toy_data()
-    folder = tmp_path / "toy"
     folder.mkdir()
     for name, matrix in (("train.txt", data.train), ("test.txt", data.test)):
         lines = [" ".join(map(str, [u, *matrix[u].indices])) for u in range(data.n_users) if matrix[u].nnz]
         (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_mf_learns_a_toy_dataset_in_seconds(tmp_path):
+    folder = _write_toy_folder(tmp_path / "toy")
     config = build_config(RecConfig, PRESETS, "paper", {
         "dataset": "toy", "data_dir": str(folder), "total_steps": 8, "eval_every": 4, "batch_size": 256,
         "lr": 0.01, "begin_adv": 2, "attack": "random", "fake_user_fraction": 0.05, "n_targets": 2})
@@ -200,12 +205,7 @@ def test_mf_learns_a_toy_dataset_in_seconds(tmp_path):
 
 
 def test_dl_attack_raises_target_hit_ratio_over_clean_training(tmp_path):
-    data = _toy_data()
-    folder = tmp_path / "toy"
-    folder.mkdir()
-    for name, matrix in (("train.txt", data.train), ("test.txt", data.test)):
-        lines = [" ".join(map(str, [u, *matrix[u].indices])) for u in range(data.n_users) if matrix[u].nnz]
-        (folder / name).write_text("\n".join(lines) + "\n")
+    folder = _write_toy_folder(tmp_path / "toy")
     hit_ratio = {}
     for attack in ("none", "dl"):
         config = build_config(RecConfig, PRESETS, "paper", {
