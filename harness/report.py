@@ -224,7 +224,7 @@ def write_results(out_dir: str | os.PathLike, suite: str, command: str, records:
         summary.append({"method": method, "task": task, "metric": metric, "n": stats["n"], "iqm": stats["iqm"],
                         "ci95": stats["iqm_ci95"], "mean": stats["mean"], "std": stats["std"]})
     out_dir = Path(out_dir)
-    results = {"suite": suite, "command": command, "git_commit": git_commit(), "date": now_iso(),
+    results = {"suite": suite, "command": command, "git_commit": git_commit(ignore=out_dir), "date": now_iso(),
                "machine": machine_info(), "notes": notes, "records": records, "summary": summary}
     atomic_write_json(out_dir / "results.json", results)
     table_rows = [{**row, "ci_text": "[{}, {}]".format(*map(_fmt, row["ci95"]))} for row in summary]

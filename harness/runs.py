@@ -83,13 +83,19 @@ def read_json(path: str | os.PathLike) -> Any:
         raise HarnessError(f"{path} is not valid JSON ({err}); restore it or delete the run directory.") from None
 
 
-def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """The commit of the code that ran, with ``-dirty`` when the work tree had changes."""
+def git_commit(cwd: str | os.PathLike | None = None, ignore: str | os.PathLike | None = None) -> str:
+    """The commit of the code that ran, with ``-dirty`` when the work tree had changes.
+
+    ``ignore``: a folder whose changes do not count, such as a benchmark's own results folder,
+    which the benchmark rewrites (and git tracks) while it runs.
+    """
     cwd = cwd or Path(__file__).resolve().parent
+    pathspec = ["--", ".", f":(exclude){Path(ignore).resolve()}"] if ignore else []
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", *pathspec], cwd=cwd, capture_output=True,
+            text=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
