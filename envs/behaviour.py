@@ -153,6 +153,7 @@ def export_behaviour_policies(run_dir: str | Path, medium_fraction: float = 1 / 
     payload = {
         "env_id": env_id_for(family), "family": family, "medium_fraction": medium_fraction,
         "learning_starts": config.get("learning_starts"), "total_steps": config.get("total_steps"),
+        "trained_steps": expert["step"],  # below total_steps when the run was stopped early
         "returns": [(s["step"], s["return"]) for s in snapshots],
         "expert": {"step": expert["step"], "return": expert["return"], "actor": half(expert["actor"])},
         "medium": {"step": medium["step"], "return": medium["return"], "actor": half(medium["actor"])},

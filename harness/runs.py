@@ -98,7 +98,8 @@ def git_commit(cwd: str | os.PathLike | None = None, ignore: str | os.PathLike |
             text=True,
         )
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        # a copied work tree without .git (a remote GPU machine): the launcher may name the commit
+        return os.environ.get("WORKBENCH_GIT_COMMIT", "unknown")
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
