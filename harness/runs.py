@@ -89,6 +89,8 @@ def git_commit(cwd: str | os.PathLike | None = None, ignore: str | os.PathLike |
     ``ignore``: a folder whose changes do not count, such as a benchmark's own results folder,
     which the benchmark rewrites (and git tracks) while it runs.
     """
+    if os.environ.get("WORKBENCH_GIT_COMMIT"):  # named by a launcher that copied the tree (a remote GPU machine)
+        return os.environ["WORKBENCH_GIT_COMMIT"]
     cwd = cwd or Path(__file__).resolve().parent
     pathspec = ["--", ".", f":(exclude){Path(ignore).resolve()}"] if ignore else []
     try:
@@ -98,8 +100,7 @@ def git_commit(cwd: str | os.PathLike | None = None, ignore: str | os.PathLike |
             text=True,
         )
     except (OSError, subprocess.CalledProcessError):
-        # a copied work tree without .git (a remote GPU machine): the launcher may name the commit
-        return os.environ.get("WORKBENCH_GIT_COMMIT", "unknown")
+        return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

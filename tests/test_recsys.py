@@ -100,6 +100,13 @@ def test_lightgcn_propagation_equals_dense_reference():
     e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
     expected = torch.stack([e0, norm @ e0, norm @ norm @ e0, norm @ norm @ norm @ e0]).mean(0)
     assert torch.allclose(torch.cat([users, items]).detach(), expected, atol=1e-6)
+    # gradients through the symmetric sparse product equal those of the dense reference
+    weights = torch.randn(6, 4)
+    (torch.cat([users, items]) * weights).sum().backward()
+    ego = e0.clone().requires_grad_(True)
+    (torch.stack([ego, norm @ ego, norm @ norm @ ego, norm @ norm @ norm @ ego]).mean(0) * weights).sum().backward()
+    grads = torch.cat([model.user_embedding.weight.grad, model.item_embedding.weight.grad])
+    assert torch.allclose(grads, ego.grad, atol=1e-6)
 
 
 def test_recall_ndcg_and_target_hit_ratio_match_hand_computation():
