@@ -92,13 +92,15 @@ def git_commit(cwd: str | os.PathLike | None = None, ignore: str | os.PathLike |
     if os.environ.get("WORKBENCH_GIT_COMMIT"):  # named by a launcher that copied the tree (a remote GPU machine)
         return os.environ["WORKBENCH_GIT_COMMIT"]
     cwd = cwd or Path(__file__).resolve().parent
-    pathspec = ["--", ".", f":(exclude){Path(ignore).resolve()}"] if ignore else []
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", *pathspec], cwd=cwd, capture_output=True,
-            text=True,
-        )
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        # an ignored folder outside the repository (a results folder under /tmp) changes nothing here
+        inside = ignore is not None and Path(ignore).resolve().is_relative_to(Path(top).resolve())
+        pathspec = ["--", ".", f":(exclude){Path(ignore).resolve()}"] if inside else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *pathspec], cwd=top,
+                               capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

@@ -54,18 +54,27 @@ def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray
     return steps, np.array([[row[key] for row in rows] for key in keys])
 
 
-def speed_records(task: str, n_updates: int, batch_seeds: int) -> tuple[list[dict], str]:
-    """updates/s of ours and d3rlpy's TD3PlusBC, alternating, two rounds each, on the same data."""
+def speed_records(task: str, n_updates: int, batch_seeds: int, device: str = "cpu") -> tuple[list[dict], str]:
+    """updates/s of ours and d3rlpy's TD3PlusBC, alternating, two rounds each, on the same data and device."""
+    import torch
+
     data = load_dataset(task)
+    policy = make_policy(device, "fp32")
+
+    def synchronize() -> None:  # CUDA kernels run asynchronously: time until they have finished
+        if policy.device.type == "cuda":
+            torch.cuda.synchronize(policy.device)
 
     def ours(spec, n_seeds: int):
         config = build_config(spec.config_cls, spec.presets, "paper", {"dataset": task, "n_seeds": n_seeds})
-        algorithm = spec.build(config, make_policy("cpu", "fp32"))
+        algorithm = spec.build(config, policy)
 
         def run(n: int) -> float:
+            synchronize()
             start = time.perf_counter()
             for _ in range(n):
                 algorithm.update()
+            synchronize()
             return n / (time.perf_counter() - start)
 
         return run
@@ -82,13 +91,15 @@ def speed_records(task: str, n_updates: int, batch_seeds: int) -> tuple[list[dic
         timeouts[-1] = 1.0  # d3rlpy needs an episode end; transitions are sampled uniformly either way
         dataset = MDPDataset(data.observations, data.actions, data.rewards, data.dones, timeouts=timeouts)
         d3 = TD3PlusBCConfig(batch_size=256, observation_scaler=d3rlpy.preprocessing.StandardObservationScaler()
-                             ).create(device="cpu:0")
+                             ).create(device=f"{policy.device.type}:{policy.device.index or 0}")
         d3.build_with_dataset(dataset)
 
         def run_d3(n: int) -> float:
+            synchronize()
             start = time.perf_counter()
             d3.fit(dataset, n_steps=n, n_steps_per_epoch=n, show_progress=False, save_interval=10**9,
                    logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+            synchronize()
             return n / (time.perf_counter() - start)
 
         contenders["d3rlpy-td3bc"] = run_d3
@@ -114,6 +125,8 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=5000)
     parser.add_argument("--speed", type=int, default=0, help="also time this many updates per contender")
     parser.add_argument("--batch-seeds", type=int, default=5)
+    parser.add_argument("--speed-only", action="store_true", help="only the speed rows (no training cells)")
+    parser.add_argument("--device", default="cpu", help="device of the speed rows (cpu | cuda)")
     parser.add_argument("--runs", default="runs/bench/offline_rl")
     parser.add_argument("--out", default="benchmarks/offline_rl")
     args = parser.parse_args()
@@ -121,7 +134,7 @@ def main() -> int:
         raise SystemExit(f"--seeds {args.seeds}: batched seeds must be consecutive (e.g. 0 1 2)")
     out = Path(args.out)
     command = "python scripts/bench_offline_rl.py " + shlex.join(sys.argv[1:])
-    cells = [(task, method) for task in args.tasks for method in args.methods]
+    cells = [] if args.speed_only else [(task, method) for task in args.tasks for method in args.methods]
     records, curves, notes = [], {}, []
     for done, (task, method) in enumerate(cells, start=1):
         spec = SPECS[method]
@@ -140,7 +153,7 @@ def main() -> int:
               f"({summary['throughput']['steps_per_s']:.1f} steps/s, scores {source})", flush=True)
         write(out, command, records, curves, args, done, len(cells), notes)
     if args.speed:
-        speed, note = speed_records(args.tasks[0], args.speed, args.batch_seeds)
+        speed, note = speed_records(args.tasks[0], args.speed, args.batch_seeds, args.device)
         for row in speed:  # one record per (method, task, seed): speed joins the first seed's scores
             same = [r for r in records if (r["method"], r["task"], r["seed"]) == (row["method"], row["task"],
                                                                                   args.seeds[0])]
@@ -149,9 +162,23 @@ def main() -> int:
             else:
                 records.append({**row, "seed": args.seeds[0]})
         notes += [note] if note else []
+        notes.append(speed_summary(speed, args))
         print(json.dumps([(r["method"], r["metrics"]) for r in speed]), flush=True)
         write(out, command, records, curves, args, len(cells), len(cells), notes)
     return 0
+
+
+def speed_summary(speed: list[dict], args) -> str:
+    """The two ratios the issue sets targets for, from the speed rows of one process."""
+    rate = {r["method"]: r["metrics"]["updates_per_s"] for r in speed}
+    parts = [f"Speed on {args.device}: {args.speed} updates per contender, 2 interleaved rounds after a warm-up, "
+             "one process, batch 256, fp32; " + ", ".join(f"{k} {v:.0f}" for k, v in rate.items()) + " updates/s."]
+    if "d3rlpy-td3bc" in rate:
+        parts.append(f"TD3+BC ours / d3rlpy: {rate['td3bc'] / rate['d3rlpy-td3bc']:.2f}x.")
+    batched = f"td3bc-{args.batch_seeds}seeds"
+    if batched in rate:
+        parts.append(f"{args.batch_seeds} batched seeds take {rate['td3bc'] / rate[batched]:.2f}x the time of one.")
+    return " ".join(parts)
 
 
 def write(out: Path, command: str, records: list[dict], curves: dict, args, done: int, total: int,
@@ -161,6 +188,9 @@ def write(out: Path, command: str, records: list[dict], curves: dict, args, done
     figure = _plot(curves, out / "learning_curves.png")
     if figure:
         extra.append(f"![learning curves]({figure.name})")
+    if args.speed_only:
+        write_results(out, "offline_rl_speed", command, records, notes=" ".join(notes))
+        return
     text = (f"{status}. {len(args.seeds)} seeds (batched), {args.steps} gradient steps, evaluation every "
             f"{args.eval_every} steps with 10 deterministic episodes; datasets built locally "
             "(`workbench rl data build`), normalized with their stored local random / expert returns. "

@@ -63,3 +63,28 @@ def test_checkpoints_keep_only_the_newest(tmp_path):
         run.save_checkpoint(step, {"step": step}, keep=2)
     assert [p.name for p in run.checkpoints()] == ["step_000000000020.pt", "step_000000000030.pt"]
     assert run.load_checkpoint(run.latest_checkpoint())["step"] == 30
+
+
+def test_git_commit_marks_dirty_trees_but_not_the_ignored_results_folder(tmp_path, monkeypatch):
+    import subprocess
+
+    from harness.runs import git_commit
+
+    monkeypatch.delenv("WORKBENCH_GIT_COMMIT", raising=False)
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    (repo / "code.py").write_text("a = 1\n")
+    (repo / "results" / "r.json").write_text("{}\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "init"], check=True)
+    assert not git_commit(repo).endswith("-dirty")
+    (repo / "results" / "r.json").write_text('{"x": 1}\n')
+    assert not git_commit(repo, ignore=repo / "results").endswith("-dirty")
+    assert git_commit(repo).endswith("-dirty")
+    (repo / "code.py").write_text("a = 2\n")
+    assert git_commit(repo, ignore=repo / "results").endswith("-dirty")
+    assert git_commit(repo, ignore=tmp_path / "elsewhere").endswith("-dirty")  # outside the repository
+    monkeypatch.setenv("WORKBENCH_GIT_COMMIT", "abc123")
+    assert git_commit(repo) == "abc123"
