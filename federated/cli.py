@@ -5,12 +5,15 @@ from typing import Annotated
 import typer
 
 from federated.classifier import SPEC as CLASSIFIER
+from federated.generative.dcgan import SPEC as PRIOR
 from harness.cli import train_command
 from harness.config import parse_overrides
 
 app = typer.Typer(help="Federated learning security: the task model, Flower simulations, attacks, defenses.",
                   no_args_is_help=True)
 app.command("train-classifier")(train_command(CLASSIFIER))
+app.command("train-prior", help="Train the attacker's DCGAN prior: --set prior=in (images no client holds) or "
+            "prior=ood (digits 0-4 of them).")(train_command(PRIOR))
 
 
 @app.command("simulate")

@@ -76,3 +76,78 @@ def test_dlg_reduces_the_gradient_distance_and_idlg_recovers_the_image(mnist):
     assert run(iterations=30)[2]["gradient_loss"] < 0.5 * run(iterations=0)[2]["gradient_loss"]
     reconstructed, labels, _ = run(iterations=30, infer_labels=True)
     assert labels.tolist() == label.tolist() and psnr(reconstructed, image).item() > 15
+
+
+# ---- generative priors: GGL and GIFD -----------------------------------------------------------
+def _contrasty_generator():
+    """An untrained DCGAN generator whose output layer is scaled so that images differ across z."""
+    from federated.generative.dcgan import Generator
+
+    torch.manual_seed(0)
+    generator = Generator().eval().requires_grad_(False)
+    generator.blocks[-1][0].weight.mul_(30)
+    return generator
+
+
+def _generated_target(generator):
+    with torch.no_grad():
+        image = generator(torch.randn(1, 100, generator=torch.Generator().manual_seed(1)))
+        start = generator(torch.randn(1, 100, generator=torch.Generator().manual_seed(0)))
+    return image, start
+
+
+def test_l1_ball_projection_keeps_inside_points_and_lands_on_the_sphere():
+    from federated.attacks.gifd import project_onto_l1_ball
+
+    x = torch.tensor([[0.2, -0.1, 0.0], [3.0, -1.0, 0.5]])
+    projected = project_onto_l1_ball(x, 1.0)
+    assert torch.equal(projected[0], x[0])
+    assert projected[1].abs().sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert projected[1].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)  # soft threshold at θ = 2
+    assert torch.allclose(project_onto_l1_ball(projected, 1.0), projected)
+
+
+def test_gifd_feature_domains_match_the_gradient_better_than_the_latent_alone():
+    from federated.attacks import gifd
+
+    generator, model = _contrasty_generator(), _small_model()
+    image, start = _generated_target(generator)
+    target = batch_gradient(model, image, torch.tensor([3]))
+    config = gifd.GIFDConfig(steps_per_stage=40, restarts=1, last_stage=2)
+    reconstructed, labels, info = gifd.reconstruct(model, target, 1, generator, config,
+                                                   torch.Generator().manual_seed(0))
+    stage_losses = [info[f"stage{s}_loss"] for s in range(3)]
+    assert labels.tolist() == [3]
+    assert info["gradient_loss"] == min(stage_losses) and info["chosen_stage"] == stage_losses.index(min(stage_losses))
+    assert min(stage_losses[1:]) < stage_losses[0]  # searching features beats searching z alone
+    assert psnr(reconstructed, image).item() > psnr(start, image).item() + 2
+
+
+def test_ggl_search_lowers_the_gradient_distance():
+    from federated.attacks import ggl
+    from federated.attacks.common import euclidean_loss
+
+    generator, model = _contrasty_generator(), _small_model()
+    image, start = _generated_target(generator)
+    target = batch_gradient(model, image, torch.tensor([3]))
+    start_distance = euclidean_loss(batch_gradient(model, start, torch.tensor([3])), target).item()
+    _, _, info = ggl.reconstruct(model, target, 1, generator, ggl.GGLConfig(budget=8, num_sample=12),
+                                 torch.Generator().manual_seed(0))
+    assert info["gradient_loss"] < start_distance
+
+
+def test_dcgan_prior_trains_through_the_harness_and_loads(tmp_path):
+    from federated.generative.dcgan import OOD_CLASSES, SPEC, load_generator, prior_images
+    from harness.config import build_config
+    from harness.trainer import train
+
+    config = build_config(SPEC.config_cls, SPEC.presets, "tiny", {"prior": "ood"})
+    assert len(prior_images(config)) < 3000  # digits 0-4 of the 3,000 prior images only
+    summary = train(SPEC, config, str(tmp_path / "prior"), "tiny", quiet=True)
+    assert summary["status"] == "finished" and summary["final"]["coverage_mse"] > 0
+    generator = load_generator(tmp_path / "prior")
+    images = generator(torch.randn(2, 100))
+    assert images.shape == (2, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert len(OOD_CLASSES) == 5
+    with pytest.raises(Exception, match="train-prior"):
+        load_generator(tmp_path / "missing")

@@ -16,15 +16,16 @@ from federated.defenses import deterministic_part
 
 
 def dummy_gradient(model: nn.Module, images: torch.Tensor, label_target: torch.Tensor,
-                   defense: dict | None = None) -> list[torch.Tensor]:
-    """∇_θ CE(model(images), labels) with a graph (for optimizing images); ``label_target`` is hard
-    labels (int) or soft label probabilities (float, DLG)."""
+                   defense: dict | None = None, create_graph: bool = True) -> list[torch.Tensor]:
+    """∇_θ CE(model(images), labels), with a graph for optimizing the images unless ``create_graph``
+    is off (gradient-free searches); ``label_target`` is hard labels (int) or soft label
+    probabilities (float, DLG)."""
     logits = model(images)
     if label_target.dtype.is_floating_point:
         loss = torch.sum(-label_target * F.log_softmax(logits, dim=-1), dim=-1).mean()
     else:
         loss = F.cross_entropy(logits, label_target)
-    gradient = list(torch.autograd.grad(loss, list(model.parameters()), create_graph=True))
+    gradient = list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
     if defense:
         gradient = deterministic_part(defense["name"], gradient, defense["clip_norm"], defense["prune_fraction"])
     return gradient

@@ -1,0 +1,1 @@
+"""Generative priors for gradient inversion (GGL, GIFD)."""
