@@ -156,7 +156,8 @@ def client_train(msg: Message, context: Context) -> Message:
         new_weights = [w + d for w, d in zip(weights, delta)]
         n_examples = len(mine) * settings.local_epochs
     state = {name: tensor for (name, _), tensor in zip(model.named_parameters(), new_weights)}
-    metrics = MetricRecord({"num-examples": n_examples, "partition-id": partition_id, "local-steps": steps})
+    metrics = MetricRecord({"num-examples": n_examples, "partition-id": partition_id, "local-steps": steps,
+                            "num-partitions": n_partitions})
     return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
 
 
@@ -194,6 +195,7 @@ class CuriousFedAvg(FedAvg):
             "global_weights": self.sent[server_round], "client_weights": reply.content["arrays"].to_torch_state_dict(),
             "mode": s.mode, "local_lr": s.local_lr, "batch_size": s.batch_size,
             "local_steps": int(metrics["local-steps"]), "num_examples": int(metrics["num-examples"]),
+            "num_partitions": int(metrics["num-partitions"]),  # for recomputing the ground truth when scoring
             "defense": {"name": s.defense, "noise_std": s.noise_std, "clip_norm": s.clip_norm,
                         "prune_fraction": s.prune_fraction},
             "settings": dataclasses.asdict(s),

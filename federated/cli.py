@@ -1,6 +1,7 @@
 """``workbench federated ...`` commands."""
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -31,3 +32,30 @@ def simulate_command(
     last = summary["history"][-1]
     typer.echo(f"round {last['round']}: server-side accuracy {last['accuracy']:.4f}; "
                f"{len(summary['captures'])} captured update(s) under {settings.output_dir}/captures")
+
+
+@app.command("attack")
+def attack_command(
+    name: Annotated[str, typer.Argument(help="dlg | idlg | ig | ggl | gifd")],
+    capture: Annotated[list[Path], typer.Option(help="captured update(s) (runs/.../captures/roundRRR-clientPPPP.pt)")],
+    prior: Annotated[Optional[Path], typer.Option(help="train-prior run directory (ggl, gifd)")] = None,
+    preset: Annotated[str, typer.Option(help="paper | quick | tiny")] = "quick",
+    seed: Annotated[int, typer.Option(help="attack seed (initializations, restarts)")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for metrics.json and the image grid")] = Path("reports/attack"),
+    overrides: Annotated[list[str], typer.Option("--set", help="attack setting key=value, repeatable")] = [],  # noqa: B006
+) -> None:
+    """Invert captured FedSGD updates; PSNR / SSIM / label accuracy against the recomputed client batch."""
+    from federated.attack import run_attack, save_grid
+    from federated.generative.dcgan import load_generator
+    from harness.runs import atomic_write_json
+
+    generator = load_generator(prior) if prior else None
+    results = {}
+    for path in capture:
+        result = run_attack(name, path, generator, preset, seed, overrides=parse_overrides(overrides))
+        results[str(path)] = result["metrics"]
+        grid = save_grid({name: result["images"]}, result["originals"], out / f"{Path(path).stem}-{name}.png")
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in result["metrics"].items() if k in ("psnr", "ssim",
+                                                                                     "label_accuracy", "seconds"))
+        typer.echo(f"{path}: {shown} ({grid})")
+    atomic_write_json(out / f"metrics-{name}.json", results)

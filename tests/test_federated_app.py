@@ -107,3 +107,24 @@ def test_bad_run_config_names_the_key():
         FLSettings.from_run_config({"batch-sise": 4})
     with pytest.raises(FederatedError, match="mode='fedsdg'"):
         FLSettings.from_run_config({"mode": "fedsdg"})
+
+
+def test_attack_runs_on_a_capture_and_scores_against_the_recomputed_batch(tmp_path):
+    from federated.app import client_partitions
+    from federated.attack import capture_ground_truth, run_attack
+
+    model = make_model(0)
+    reply = client_app(_train_message(model), _context(batch_size=1, local_lr=0.1))
+    settings = FLSettings(local_lr=0.1, batch_size=1, capture_rounds="1", capture_partitions="3")
+    strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
+    strategy.sent[1] = model.state_dict()
+    strategy.aggregate_train(1, [reply])
+    record = read_capture(strategy.captured[0])
+    images, labels = capture_ground_truth(record)
+    batch = client_batch(client_partitions("", 0, 10, "iid", 0.5)[3], 1, 1, 3, 0)
+    data = load_mnist(None, "test")
+    assert torch.equal(images, data.images[batch]) and torch.equal(labels, data.labels[batch])
+    result = run_attack("ig", strategy.captured[0], preset="tiny", overrides={"iterations": "200"})
+    assert result["metrics"]["label_accuracy"] == 1.0 and result["metrics"]["psnr"] > 15
+    with pytest.raises(FederatedError, match="train-prior"):
+        run_attack("gifd", strategy.captured[0], preset="tiny")
