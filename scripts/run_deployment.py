@@ -1,6 +1,8 @@
-"""Run the federated app on Flower's Deployment Engine: a SuperLink and N SuperNodes as local processes.
+"""Run the federated app with ``flwr run``: on Flower's Deployment Engine (a SuperLink and N SuperNodes
+as local processes) or, with ``--simulation``, on a local-simulation federation.
 
     python scripts/run_deployment.py --supernodes 3 --run-config "num-server-rounds=2 fraction-train=1.0"
+    python scripts/run_deployment.py --simulation --supernodes 20 --run-config "fraction-train=0.5"
 
 Steps, as in Flower's deployment guide: start ``flower-superlink --insecure``; start N
 ``flower-supernode --insecure`` with ``--node-config "partition-id=i num-partitions=N"``; register
@@ -44,6 +46,9 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen, name: st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--supernodes", type=int, default=2)
+    parser.add_argument("--simulation", action="store_true",
+                        help="a local-simulation federation instead: the SuperLink runs --supernodes virtual "
+                             "nodes in Flower's Simulation Runtime (Ray); no SuperNode processes")
     parser.add_argument("--run-config", default="num-server-rounds=2 fraction-train=1.0",
                         help="run config overrides (keys of [tool.flwr.app.config])")
     parser.add_argument("--output-dir", default="runs/federated/deployment")
@@ -55,9 +60,13 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     (output / "summary.json").unlink(missing_ok=True)
     flwr_home = Path(tempfile.mkdtemp(prefix="flwr-home-"))
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "workbench-local"\n\n[superlink.workbench-local]\n'
-        f'address = "127.0.0.1:{args.superlink_port}"\ninsecure = true\n')
+    connection = (f'[superlink]\ndefault = "workbench-local"\n\n[superlink.workbench-local]\n'
+                  f'address = "127.0.0.1:{args.superlink_port}"\ninsecure = true\n')
+    if args.simulation:
+        connection += (f"options.num-supernodes = {args.supernodes}\n"
+                       "options.backend.client-resources.num-cpus = 1\n"
+                       "options.backend.client-resources.num-gpus = 0.0\n")
+    (flwr_home / "config.toml").write_text(connection)
     # the SuperLink and SuperNodes start flower-superexec / flwr-serverapp / flwr-clientapp by name
     env = {**os.environ, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -78,9 +87,10 @@ def main() -> int:
         # no `uv sync` of the app's dependencies into a fresh environment (Flower's default): it would
         # pull a new torch with CUDA wheels; the app runs in this environment, as the simulation does
         superlink = start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--port", str(args.superlink_port),
-                                        "--disable-runtime-dependency-installation"])
+                                        "--disable-runtime-dependency-installation",
+                                        *(["--simulation"] if args.simulation else [])])
         wait_for_port(args.superlink_port, 60, superlink, "flower-superlink")
-        for i in range(args.supernodes):
+        for i in range(0 if args.simulation else args.supernodes):
             start(f"supernode{i}", [str(BIN / "flower-supernode"), "--insecure",
                                     "--superlink", f"127.0.0.1:{args.superlink_port}",
                                     "--port", str(args.superlink_port + 1 + i),
@@ -100,7 +110,8 @@ def main() -> int:
             runner.terminate()
         summary = json.loads((output / "summary.json").read_text())
         last = summary["history"][-1]
-        print(f"deployment run finished: {args.supernodes} SuperNodes, round {last['round']} accuracy "
+        kind = "simulated nodes (Simulation Runtime)" if args.simulation else "SuperNodes (Deployment Runtime)"
+        print(f"flwr run finished: {args.supernodes} {kind}, round {last['round']} accuracy "
               f"{last['accuracy']:.4f}, {len(summary['captures'])} capture(s); logs in {logs}")
         return 0
     finally:
