@@ -11,6 +11,8 @@ import gymnasium as gym
 def register_envs() -> None:
     if "workbench/PointReach-v0" not in gym.registry:
         gym.register("workbench/PointReach-v0", entry_point="envs.point_reach:PointReachEnv", max_episode_steps=50)
+    if "workbench/CaveEscape-v0" not in gym.registry:
+        gym.register("workbench/CaveEscape-v0", entry_point="envs.cave_escape:CaveEscapeEnv")
 
 
 register_envs()

@@ -49,3 +49,33 @@ def export_behaviour(
 
 
 app.add_typer(data_app, name="data")
+
+levels_app = typer.Typer(help="CaveEscape level sets (envs/levels.py).", no_args_is_help=True)
+
+
+@levels_app.command("build")
+def build_levels(
+    out: Annotated[str, typer.Option(help="folder for train.npz, test.npz, held_out.npz")] = "envs/level_sets",
+    train_per_structure: Annotated[int, typer.Option(help="training levels per training structure")] = 128,
+    test_per_structure: Annotated[int, typer.Option(help="held-out levels per training structure")] = 64,
+    held_out_per_structure: Annotated[int, typer.Option(help="levels per held-out structure")] = 14,
+    seed: Annotated[int, typer.Option(help="generator seed (test: +1, held-out structures: +2)")] = 123456,
+) -> None:
+    """Generate the training set, a test set of the same structures and a set of held-out structures."""
+    from pathlib import Path
+
+    from envs.levels import HELD_OUT_STRUCTURES, TRAIN_STRUCTURES, generate_level_set, save_levels
+
+    plan = [("train", TRAIN_STRUCTURES, train_per_structure, seed),
+            ("test", TRAIN_STRUCTURES, test_per_structure, seed + 1),
+            ("held_out", HELD_OUT_STRUCTURES, held_out_per_structure, seed + 2)]
+    for name, structures, per_structure, set_seed in plan:
+        path = Path(out) / f"{name}.npz"
+        if path.is_file():
+            typer.echo(f"{path} exists; kept (delete it to rebuild)")
+            continue
+        levels = generate_level_set(structures, per_structure, set_seed, progress=True)
+        typer.echo(f"{name}: {len(levels)} levels of {', '.join(structures)} -> {save_levels(levels, path)}")
+
+
+app.add_typer(levels_app, name="levels")

@@ -1,0 +1,69 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers workbench/CaveEscape-v0)
+from envs.levels import EMPTY, LAVA, MOSS, WALL, Level, generate_level_set, is_solvable, load_levels, save_levels
+from rl import RLError
+
+
+def _corridor(cells):
+    """A 1-row level: start at the left end, goal at the right end, ``cells`` in between."""
+    grid = np.array([[EMPTY, *cells, EMPTY]], dtype=np.uint8)
+    return Level(grid, (0, 0), (0, grid.shape[1] - 1), "corridor")
+
+
+def test_level_files_round_trip(tmp_path):
+    levels = [_corridor([MOSS, EMPTY]), _corridor([EMPTY, MOSS])]
+    loaded = load_levels(save_levels(levels, tmp_path / "set.npz"))
+    for a, b in zip(levels, loaded):
+        assert np.array_equal(a.grid, b.grid) and a.start == b.start and a.goal == b.goal
+        assert b.structure == "corridor"
+
+
+def test_generated_levels_are_solvable_and_use_every_cell_kind():
+    levels = generate_level_set(("MazeWall", "ObstaclesHogs2"), per_structure=3, seed=0)
+    assert len(levels) == 6 and all(is_solvable(level) for level in levels)
+    codes = set(np.concatenate([level.grid.ravel() for level in levels]).tolist())
+    assert {EMPTY, WALL, LAVA, MOSS} <= codes
+    again = generate_level_set(("MazeWall", "ObstaclesHogs2"), per_structure=3, seed=0)
+    assert all(np.array_equal(a.grid, b.grid) and a.start == b.start for a, b in zip(levels, again))
+
+
+def test_unsolvable_level_is_detected():
+    assert not is_solvable(_corridor([WALL]))
+    assert not is_solvable(_corridor([LAVA]))
+    assert is_solvable(_corridor([MOSS]))
+
+
+def test_cave_escape_follows_the_gymnasium_api_and_rewards_only_the_goal():
+    env = gym.make("workbench/CaveEscape-v0", level=_corridor([EMPTY]))
+    check_env(env.unwrapped, skip_render_check=True)
+    env.reset(seed=0)
+    env.unwrapped.agent_dir = 0  # facing the goal (east)
+    reward, terminated = 0.0, False
+    for _ in range(2):
+        _, reward, terminated, _, _ = env.step(env.unwrapped.actions.forward)
+    assert terminated and reward > 0.9
+    env.reset(seed=0, options={"level": _corridor([LAVA])})
+    env.unwrapped.agent_dir = 0
+    _, reward, terminated, _, _ = env.step(env.unwrapped.actions.forward)
+    assert terminated and reward == 0.0
+
+
+def test_malformed_level_files_name_the_key(tmp_path):
+    np.savez(tmp_path / "missing.npz", grids=np.zeros((1, 3, 3), np.uint8), starts=np.zeros((1, 2), np.int16))
+    with pytest.raises(RLError, match="missing key 'goals'"):
+        load_levels(tmp_path / "missing.npz")
+    np.savez(tmp_path / "code.npz", grids=np.full((1, 3, 3), 7, np.uint8), starts=np.zeros((1, 2), np.int16),
+             goals=np.ones((1, 2), np.int16))
+    with pytest.raises(RLError, match="cell code 7"):
+        load_levels(tmp_path / "code.npz")
+    grid = np.zeros((1, 3, 3), np.uint8)
+    grid[0, 0, 0] = WALL
+    np.savez(tmp_path / "wall.npz", grids=grid, starts=np.zeros((1, 2), np.int16), goals=np.ones((1, 2), np.int16))
+    with pytest.raises(RLError, match="'starts' = \\(0, 0\\)"):
+        load_levels(tmp_path / "wall.npz")
+    with pytest.raises(RLError, match="levels build"):
+        load_levels(tmp_path / "absent.npz")
