@@ -1,0 +1,203 @@
+"""Level samplers behind one interface: domain randomization, uniform, PLR and DRED.
+
+A sampler hands out level ids (``sample``), hears back how the student did on each (``update``:
+the level's score and the best return it reached) and, for DRED, takes generated levels
+(``add_generated``). Facts from the official code (uoe-agents/dred, level_replay/level_sampler.py;
+../shared/references/dred.md):
+
+* PLR (Jiang et al. 2021): P = (1 - rho) * P_S + rho * P_C, P_S the rank transform
+  h(S_i) = (1 / rank_i)^(1/T) of the scores (value_l1, T = 0.1), P_C staleness
+  (c - C_i) / sum_j (c - C_j) over episode counts, rho = 0.3; new scores replace old (EWA alpha 1).
+* DRED: a buffer (4,000) holding the training levels, which are never evicted, and generated
+  levels, the lowest-weight one evicted first. P = (1 - s) [(1 - c_t) P_primary + c_t P_secondary]
+  + s P_staleness: P_primary ranks value_l1 over training levels only (T = 0.1); P_secondary ranks
+  grounded_value_l1 over the whole buffer (T = 1.0), a score forced to 0 on levels never solved
+  (best return <= 0); staleness covers training levels only (s = 0.3); c_t rises linearly from 0
+  to 1 over training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from envs.levels import Level
+from rl import RLError
+
+
+def rank_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """PLR's rank prioritization: (1/rank)^(1/T), normalized; rank 1 = highest score (ties: lower index)."""
+    if len(scores) == 0:
+        return np.zeros(0)
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    weights = (1.0 / ranks) ** (1.0 / temperature)
+    return weights / weights.sum()
+
+
+def staleness_weights(last_sampled: np.ndarray, episode: int) -> np.ndarray:
+    stale = episode - np.asarray(last_sampled, dtype=float)
+    total = stale.sum()
+    return stale / total if total > 0 else np.full(len(stale), 1.0 / max(len(stale), 1))
+
+
+class UniformSampler:
+    """Uniform over a fixed set of levels (the training set; for DR, a large pool drawn from the generator)."""
+
+    def __init__(self, levels: list[Level], seed: int = 0):
+        if not levels:
+            raise RLError("a level sampler needs at least one level.")
+        self.levels = list(levels)
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> list[int]:
+        return self.rng.integers(len(self.levels), size=n).tolist()
+
+    def level(self, level_id: int) -> Level:
+        return self.levels[level_id]
+
+    def update(self, level_id: int, score: float, max_return: float) -> None:
+        pass
+
+    def set_progress(self, fraction: float) -> None:
+        pass
+
+
+@dataclass
+class PLRConfig:
+    temperature: float = 0.1
+    staleness_coef: float = 0.3  # rho
+
+
+class PLRSampler(UniformSampler):
+    """Prioritized level replay over a fixed level set (the DRED paper's 'PLR (dataset)')."""
+
+    def __init__(self, levels: list[Level], config: PLRConfig | None = None, seed: int = 0):
+        super().__init__(levels, seed)
+        self.config = config or PLRConfig()
+        self.scores = np.zeros(len(self.levels))
+        self.last_sampled = np.zeros(len(self.levels))
+        self.seen = np.zeros(len(self.levels), dtype=bool)
+        self.episode = 0
+
+    def weights(self) -> np.ndarray:
+        cfg = self.config
+        if not self.seen.any():
+            return np.full(len(self.levels), 1.0 / len(self.levels))
+        score_part = rank_weights(np.where(self.seen, self.scores, -np.inf), cfg.temperature)
+        return (1 - cfg.staleness_coef) * score_part + cfg.staleness_coef * staleness_weights(self.last_sampled,
+                                                                                             self.episode)
+
+    def sample(self, n: int) -> list[int]:
+        ids = self.rng.choice(len(self.levels), size=n, p=self.weights()).tolist()
+        for level_id in ids:
+            self.episode += 1
+            self.last_sampled[level_id] = self.episode
+        return ids
+
+    def update(self, level_id: int, score: float, max_return: float) -> None:
+        self.scores[level_id] = score
+        self.seen[level_id] = True
+
+
+@dataclass
+class DREDConfig:
+    buffer_size: int = 4000
+    primary_temperature: float = 0.1
+    secondary_temperature: float = 1.0
+    staleness_coef: float = 0.3
+
+
+@dataclass
+class _Entry:
+    level: Level
+    from_dataset: bool
+    score: float = 0.0
+    max_return: float = -np.inf
+    last_sampled: int = 0
+    seen: bool = False
+    parents: tuple[int, int] = field(default=(-1, -1))
+
+
+class DREDBuffer:
+    """DRED's level buffer: training levels fixed, generated levels scored and replaced by weight."""
+
+    def __init__(self, dataset: list[Level], config: DREDConfig | None = None, seed: int = 0):
+        self.config = config or DREDConfig()
+        if not dataset:
+            raise RLError("DRED needs the training levels (the dataset) to ground generation.")
+        if len(dataset) > self.config.buffer_size:
+            raise RLError(f"{len(dataset)} training levels do not fit a buffer of {self.config.buffer_size}.")
+        self.entries = [_Entry(level, True) for level in dataset]
+        self.rng = np.random.default_rng(seed)
+        self.progress = 0.0  # c_t
+        self.episode = 0
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = float(np.clip(fraction, 0.0, 1.0))
+
+    def _arrays(self):
+        dataset = np.array([e.from_dataset for e in self.entries])
+        seen = np.array([e.seen for e in self.entries])
+        scores = np.array([e.score for e in self.entries])
+        grounded = np.array([e.score if e.max_return > 0 else 0.0 for e in self.entries])
+        last = np.array([e.last_sampled for e in self.entries], dtype=float)
+        return dataset, seen, scores, grounded, last
+
+    def weights(self) -> np.ndarray:
+        cfg = self.config
+        dataset, seen, scores, grounded, last = self._arrays()
+        n = len(self.entries)
+        primary = np.zeros(n)
+        if dataset.any():
+            primary[dataset] = (rank_weights(np.where(seen[dataset], scores[dataset], -np.inf),
+                                             cfg.primary_temperature) if seen[dataset].any()
+                                else np.full(dataset.sum(), 1.0 / dataset.sum()))
+        secondary_scores = np.where(seen, grounded, -np.inf)
+        secondary = rank_weights(secondary_scores, cfg.secondary_temperature) if seen.any() else primary
+        secondary = np.where(seen & (grounded > 0) | dataset, secondary, 0.0)  # never-solved generated: 0
+        secondary = secondary / secondary.sum() if secondary.sum() > 0 else primary
+        staleness = np.zeros(n)
+        staleness[dataset] = staleness_weights(last[dataset], self.episode)
+        mix = (1 - self.progress) * primary + self.progress * secondary
+        weights = (1 - cfg.staleness_coef) * mix + cfg.staleness_coef * staleness
+        return weights / weights.sum()
+
+    def sample(self, n: int) -> list[int]:
+        ids = self.rng.choice(len(self.entries), size=n, p=self.weights()).tolist()
+        for level_id in ids:
+            self.episode += 1
+            self.entries[level_id].last_sampled = self.episode
+        return ids
+
+    def level(self, level_id: int) -> Level:
+        return self.entries[level_id].level
+
+    def update(self, level_id: int, score: float, max_return: float) -> None:
+        entry = self.entries[level_id]
+        entry.score, entry.seen = score, True
+        entry.max_return = max(entry.max_return, max_return)
+
+    def add_generated(self, level: Level, score: float, max_return: float,
+                      parents: tuple[int, int] = (-1, -1)) -> int | None:
+        """Insert a scored generated level; when full, it replaces the lowest-weight generated level
+        if it would weigh more. Returns its id, or None when it was not kept."""
+        entry = _Entry(level, False, score, max_return, self.episode, True, parents)
+        if len(self.entries) < self.config.buffer_size:
+            self.entries.append(entry)
+            return len(self.entries) - 1
+        generated = [i for i, e in enumerate(self.entries) if not e.from_dataset]
+        if not generated:
+            return None
+        grounded = np.array([self.entries[i].score if self.entries[i].max_return > 0 else 0.0 for i in generated])
+        weakest = generated[int(np.argmin(grounded))]
+        new_grounded = score if max_return > 0 else 0.0
+        if new_grounded <= grounded.min():
+            return None
+        self.entries[weakest] = entry
+        return weakest
+
+    def n_generated(self) -> int:
+        return sum(not e.from_dataset for e in self.entries)
