@@ -8,12 +8,17 @@ from envs.behaviour import SPEC as BEHAVIOUR
 from harness.cli import train_command
 from rl.offline.a2pr import SPEC as A2PR
 from rl.offline.td3bc import SPEC as TD3BC
+from rl.ued.level_vae import SPEC as LEVEL_VAE
+from rl.ued.ppo import SPECS as UED_SPECS
 
-app = typer.Typer(help="Reinforcement learning: offline RL (TD3+BC, A2PR) on D4RL-format datasets.",
+app = typer.Typer(help="Reinforcement learning: offline RL (TD3+BC, A2PR) on D4RL-format datasets; level "
+                  "generation for zero-shot transfer (DR, uniform, PLR, DRED) on CaveEscape.",
                   no_args_is_help=True)
 train_app = typer.Typer(help="Train an offline RL method: --dataset NAME|FILE.hdf5|minari:ID|d4rl:NAME.",
                         no_args_is_help=True)
 for spec in (TD3BC, A2PR):
+    train_app.command(spec.name)(train_command(spec))
+for spec in (*UED_SPECS.values(), LEVEL_VAE):  # CaveEscape students (--set levels=train.npz) and DRED's VAE
     train_app.command(spec.name)(train_command(spec))
 app.add_typer(train_app, name="train")
 
@@ -79,3 +84,31 @@ def build_levels(
 
 
 app.add_typer(levels_app, name="levels")
+
+
+@app.command("eval")
+def evaluate_student(
+    run_dir: Annotated[str, typer.Argument(help="a `workbench rl train dr|uniform|plr|dred` run directory")],
+    levels: Annotated[str, typer.Option(help="level set (.npz): one episode per level, zero-shot")],
+    seed: Annotated[int, typer.Option(help="episode seed")] = 0,
+) -> None:
+    """Zero-shot evaluation of a trained student: mean return and solved rate over unseen levels."""
+    import torch
+
+    from envs.cave_escape import CaveEscapeEnv
+    from envs.levels import load_levels
+    from harness.runs import RunDir
+    from rl.ued.ppo import ActorCritic, play
+
+    run = RunDir(run_dir)
+    checkpoint = run.latest_checkpoint() if run.exists() else None
+    if checkpoint is None:
+        raise typer.BadParameter(f"{run_dir} has no checkpoint; train a student first.")
+    config = run.header["config"]
+    net = ActorCritic(hidden=config["hidden"])
+    net.load_state_dict(run.load_checkpoint(checkpoint)["algorithm"]["net"])
+    level_set = load_levels(levels)
+    env_list = [CaveEscapeEnv(level_set[0], size=level_set[0].grid.shape[0], max_steps=config["max_episode_steps"])
+                for _ in range(16)]
+    returns = play(net, env_list, level_set, torch.Generator().manual_seed(seed))
+    typer.echo(f"{len(level_set)} levels: return {returns.mean():.3f}, solved rate {(returns > 0).mean():.3f}")

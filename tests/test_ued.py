@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from envs.levels import EMPTY, Level
+from envs.levels import EMPTY, MOSS, Level, load_levels
 from rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, rank_weights, staleness_weights
 
 
@@ -47,3 +47,67 @@ def test_dred_buffer_never_evicts_training_levels_and_ignores_unsolved_generated
     # at the start (c_t = 0) only training levels are replayed
     buffer.set_progress(0.0)
     assert buffer.weights()[4:].sum() == 0.0
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: extra threads only add contention
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ppo_solves_a_trivial_level_within_seconds(tmp_path, one_thread):
+    import torch
+
+    from envs.levels import save_levels
+    from harness.config import build_config
+    from harness.device import make_policy
+    from rl.ued.ppo import SPECS, UEDTraining
+
+    torch.manual_seed(0)
+    path = save_levels([Level(np.zeros((3, 3), dtype=np.uint8), (1, 0), (1, 2), "trivial")], tmp_path / "t.npz")
+    spec = SPECS["uniform"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {
+        "levels": str(path), "eval_levels": f"trivial={path}", "num_envs": 8, "num_steps": 64, "lr": 3e-3,
+        "ppo_epochs": 4, "max_episode_steps": 30, "entropy_coef": 0.01})
+    student = UEDTraining(config, make_policy("cpu", "fp32"), method="uniform")
+    student.eval_sets = {"trivial": student.eval_sets["trivial"] * 16}
+    before = student.evaluate()["trivial/solved_rate"]
+    for _ in range(15):
+        student.update()
+    after = student.evaluate()
+    assert after["trivial/solved_rate"] >= 0.9 > before
+    assert after["trivial/return"] > 0.8
+
+
+def test_level_vae_reconstructs_and_dred_trains_on_generated_levels(tmp_path, one_thread):
+    import torch
+
+    from envs.levels import generate_level_set, save_levels
+    from harness.config import build_config
+    from harness.trainer import train
+    from rl.ued.level_vae import SPEC as VAE
+    from rl.ued.level_vae import load_level_vae, slerp
+    from rl.ued.ppo import SPECS
+
+    path = save_levels(generate_level_set(("MazeWall", "ObstaclesHogs2"), 8, seed=0), tmp_path / "train.npz")
+    config = build_config(VAE.config_cls, VAE.presets, "tiny", {"levels": str(path), "eval_levels": str(path),
+                                                               "total_steps": 300, "eval_every": 300, "batch_size": 32})
+    summary = train(VAE, config, str(tmp_path / "vae"), "tiny", quiet=True)
+    assert summary["final"]["train/cell_accuracy"] > 0.85  # a 50/50 wall/open guess scores about 0.5
+    vae = load_level_vae(tmp_path / "vae")
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert torch.allclose(slerp(a, b, 0.5), torch.tensor([0.5 ** 0.5, 0.5 ** 0.5]), atol=1e-6)
+    levels = load_levels(path)
+    generated, parents = vae.interpolate(vae.encode_levels(levels), levels, 2, 3, torch.Generator().manual_seed(0))
+    assert len(generated) == 6 and len(parents) == 6
+    assert all(lv.grid[lv.start] in (EMPTY, MOSS) and lv.grid[lv.goal] in (EMPTY, MOSS) for lv in generated)
+    dred = SPECS["dred"]
+    config = build_config(dred.config_cls, dred.presets, "tiny", {
+        "levels": str(path), "eval_levels": f"in_dist={path}", "vae_run": str(tmp_path / "vae"), "num_pairs": 2,
+        "interpolations": 3})
+    summary = train(dred, config, str(tmp_path / "dred"), "tiny", quiet=True)
+    assert summary["status"] == "finished" and 0 <= summary["final"]["in_dist/solved_rate"] <= 1

@@ -1,0 +1,377 @@
+"""PPO students on CaveEscape levels chosen by a level sampler: DR, uniform, PLR or DRED.
+
+One trainer update is one cycle of the official runner (uoe-agents/dred, adversarial_runner.py):
+``num_envs`` environments each play ``num_steps`` steps on levels the sampler hands out (a new
+level whenever an episode ends), PPO updates the student, and every level played is scored by its
+mean |GAE advantage| (PLR's value_l1) and its best return. DRED then generates a batch of levels
+from its VAE, plays them once with no gradient update, and offers them to its buffer.
+
+The network follows the paper's shape: Conv2d(3 -> 16, 3x3) on the 5x5 egocentric view, the
+direction one-hot through Linear(4, 5), a shared core (a 256-unit ReLU layer; the paper's LSTM is
+not implemented yet), and actor / critic heads MLP(32, 32). Paper defaults in ``UEDConfig``;
+evaluation is zero-shot: one episode per level of each evaluation level set.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import envs  # noqa: F401  (registers workbench/CaveEscape-v0)
+from envs.cave_escape import CaveEscapeEnv
+from envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels
+from harness.config import TrainConfig
+from harness.device import DevicePolicy
+from harness.trainer import MethodSpec
+from rl import RLError
+from rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, UniformSampler
+
+METHODS = ("dr", "uniform", "plr", "dred")
+LEVEL_SETS = Path(__file__).resolve().parents[2] / "envs" / "level_sets"
+
+
+@dataclass
+class UEDConfig(TrainConfig):
+    levels: str = ""  # training level set (.npz); default envs/level_sets/train.npz
+    eval_levels: str = ""  # comma-separated name=path; default test (in_dist) and held_out
+    eval_limit: int = 0  # > 0: evaluate on the first N levels of each set (CPU budgets)
+    num_envs: int = 32  # the paper: 36 processes
+    num_steps: int = 256
+    lr: float = 1e-4
+    adam_eps: float = 1e-5
+    gamma: float = 0.995
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    ppo_epochs: int = 5
+    num_minibatches: int = 1
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: int = 256
+    max_episode_steps: int = 250
+    # samplers (PLR / DRED; the paper's values)
+    plr_temperature: float = 0.1
+    staleness_coef: float = 0.3
+    secondary_temperature: float = 1.0
+    buffer_size: int = 4000
+    dr_blocks: int = 60  # DR: the paper's "60 blocks uniform" random levels
+    # DRED generation
+    vae_run: str = ""  # a `workbench rl train level-vae` run directory (its last checkpoint)
+    num_pairs: int = 6
+    interpolations: int = 6
+    total_steps: int = 2_000_000  # environment steps
+    eval_every: int = 200_000
+    log_every: int = 8192
+    checkpoint_every: int = 200_000
+
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, n_actions: int = 7, hidden: int = 256):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten())  # 5x5 -> 16x3x3
+        self.direction = nn.Linear(4, 5)
+        self.core = nn.Sequential(nn.Linear(16 * 9 + 5, hidden), nn.ReLU())
+        self.actor = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                   nn.Linear(32, n_actions))
+        self.critic = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, image: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.cat([self.conv(image), self.direction(F.one_hot(direction, 4).float())], dim=1)
+        h = self.core(h)
+        return self.actor(h), self.critic(h).squeeze(-1)
+
+
+def encode_observations(observations: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.as_tensor(np.stack([o["image"] for o in observations]), dtype=torch.float32).permute(0, 3, 1, 2)
+    direction = torch.as_tensor([int(o["direction"]) for o in observations], dtype=torch.long)
+    return image, direction
+
+
+def random_blocks_level(rng: np.random.Generator, size: int = 13, blocks: int = 60) -> Level:
+    """DR's generator (the paper's CaveEscape 'N blocks uniform'): walls, lava and moss dropped uniformly."""
+    while True:
+        grid = np.zeros((size, size), dtype=np.uint8)
+        cells = rng.choice(size * size, size=blocks + 2, replace=False)
+        grid.flat[cells[:blocks]] = rng.choice([WALL, LAVA, MOSS], size=blocks, p=[0.6, 0.2, 0.2])
+        start, goal = divmod(int(cells[-2]), size), divmod(int(cells[-1]), size)
+        level = Level(grid, start, goal, "random_blocks")
+        if is_solvable(level):
+            return level
+
+
+class DRSampler(UniformSampler):
+    """Domain randomization: a fresh random-blocks level for every episode."""
+
+    def __init__(self, size: int, blocks: int, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.size, self.blocks = size, blocks
+        self.levels: list[Level] = []
+
+    def sample(self, n: int) -> list[int]:
+        self.levels = [random_blocks_level(self.rng, self.size, self.blocks) for _ in range(n)]
+        return list(range(n))
+
+
+def play(policy: ActorCritic, env_list: list[CaveEscapeEnv], levels: list[Level], generator: torch.Generator,
+         greedy: bool = False) -> np.ndarray:
+    """One episode per level (in batches of len(env_list)); returns the episode returns."""
+    returns = []
+    for start in range(0, len(levels), len(env_list)):
+        batch = levels[start : start + len(env_list)]
+        observations = [env.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=generator)),
+                                  options={"level": level})[0] for env, level in zip(env_list, batch)]
+        total, active = np.zeros(len(batch)), np.ones(len(batch), dtype=bool)
+        while active.any():
+            with torch.no_grad():
+                logits, _ = policy(*encode_observations(observations))
+            actions = (logits.argmax(-1) if greedy else
+                       torch.distributions.Categorical(logits=logits).sample()).tolist()
+            for i in np.flatnonzero(active):
+                observations[i], reward, terminated, truncated, _ = env_list[i].step(actions[i])
+                total[i] += reward
+                active[i] = not (terminated or truncated)
+        returns.extend(total.tolist())
+    return np.array(returns)
+
+
+class UEDTraining:
+    main_metric = "in_dist/solved_rate"
+    higher_is_better = True
+
+    def __init__(self, config: UEDConfig, policy: DevicePolicy, method: str = "dred"):
+        if method not in METHODS:
+            raise RLError(f"method {method!r} is not one of {', '.join(METHODS)}.")
+        self.config = cfg = config
+        self.method = method
+        train_path = Path(cfg.levels) if cfg.levels else LEVEL_SETS / "train.npz"
+        self.train_levels = load_levels(train_path)
+        size = self.train_levels[0].grid.shape[0]
+        self.eval_sets = self._eval_sets()
+        self.envs = [CaveEscapeEnv(self.train_levels[0], size=size, max_steps=cfg.max_episode_steps)
+                     for _ in range(cfg.num_envs)]
+        self.net = ActorCritic(hidden=cfg.hidden)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        if method == "dr":
+            self.sampler = DRSampler(size, cfg.dr_blocks, cfg.seed)
+        elif method == "uniform":
+            self.sampler = UniformSampler(self.train_levels, cfg.seed)
+        elif method == "plr":
+            self.sampler = PLRSampler(self.train_levels, PLRConfig(cfg.plr_temperature, cfg.staleness_coef), cfg.seed)
+        else:
+            self.sampler = DREDBuffer(self.train_levels, DREDConfig(cfg.buffer_size, cfg.plr_temperature,
+                                                                    cfg.secondary_temperature, cfg.staleness_coef),
+                                      cfg.seed)
+            from rl.ued.level_vae import load_level_vae
+
+            if not cfg.vae_run:
+                raise RLError("method=dred needs a trained level VAE: `workbench rl train level-vae --levels "
+                              "train.npz`, then --set vae_run=<its run directory>.")
+            self.vae = load_level_vae(cfg.vae_run)
+            self.latents = self.vae.encode_levels(self.train_levels)
+        self.steps_done = 0
+        self._observations: list[dict] | None = None
+        self._level_ids: list[int] = []
+
+    def _eval_sets(self) -> dict[str, list[Level]]:
+        spec = self.config.eval_levels or (f"in_dist={LEVEL_SETS / 'test.npz'},"
+                                           f"held_out_structures={LEVEL_SETS / 'held_out.npz'}")
+        sets = {}
+        for item in spec.split(","):
+            name, _, path = item.partition("=")
+            levels = load_levels(path)
+            sets[name] = levels[: self.config.eval_limit] if self.config.eval_limit else levels
+        return sets
+
+    def _start_episode(self, i: int) -> dict:
+        level_id = self.sampler.sample(1)[0]
+        self._level_ids[i] = level_id
+        level = self.sampler.level(level_id)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+        return self.envs[i].reset(seed=seed, options={"level": level})[0]
+
+    def update(self) -> dict[str, float]:
+        cfg = self.config
+        self.sampler.set_progress(self.steps_done / cfg.total_steps)
+        if self._observations is None:
+            self._level_ids = [0] * cfg.num_envs
+            self._observations = [self._start_episode(i) for i in range(cfg.num_envs)]
+        rollout = self._collect()
+        metrics = self._ppo(rollout)
+        if self.method == "dred":
+            metrics |= self._generate_and_score()
+        self.steps_done += cfg.num_envs * cfg.num_steps
+        return metrics | {"steps": cfg.num_envs * cfg.num_steps}
+
+    def _collect(self) -> dict[str, Any]:
+        cfg = self.config
+        n, t_max = cfg.num_envs, cfg.num_steps
+        images = torch.zeros(t_max, n, 3, 5, 5)
+        directions = torch.zeros(t_max, n, dtype=torch.long)
+        actions = torch.zeros(t_max, n, dtype=torch.long)
+        log_probs, values, rewards, dones = (torch.zeros(t_max, n) for _ in range(4))
+        level_of_step = np.zeros((t_max, n), dtype=np.int64)
+        episode_returns, finished_returns, running = [], [], np.zeros(n)
+        for t in range(t_max):
+            image, direction = encode_observations(self._observations)
+            with torch.no_grad():
+                logits, value = self.net(image, direction)
+            dist = torch.distributions.Categorical(logits=logits)
+            action = dist.sample()
+            images[t], directions[t], actions[t] = image, direction, action
+            log_probs[t], values[t] = dist.log_prob(action), value
+            level_of_step[t] = self._level_ids
+            for i, env in enumerate(self.envs):
+                obs, reward, terminated, truncated, _ = env.step(int(action[i]))
+                rewards[t, i] = reward
+                running[i] += reward
+                if terminated or truncated:
+                    dones[t, i] = 1.0  # a time limit counts as an end here too (no bootstrap)
+                    finished_returns.append((self._level_ids[i], running[i]))
+                    episode_returns.append(running[i])
+                    running[i] = 0.0
+                    obs = self._start_episode(i)
+                self._observations[i] = obs
+        with torch.no_grad():
+            _, last_value = self.net(*encode_observations(self._observations))
+        advantages = torch.zeros(t_max, n)
+        gae = torch.zeros(n)
+        for t in reversed(range(t_max)):
+            next_value = last_value if t == t_max - 1 else values[t + 1]
+            delta = rewards[t] + cfg.gamma * next_value * (1 - dones[t]) - values[t]
+            gae = delta + cfg.gamma * cfg.gae_lambda * (1 - dones[t]) * gae
+            advantages[t] = gae
+        self._score_levels(level_of_step, advantages, finished_returns)
+        return {"images": images, "directions": directions, "actions": actions, "log_probs": log_probs,
+                "values": values, "advantages": advantages, "returns": advantages + values,
+                "episode_return": float(np.mean(episode_returns)) if episode_returns else 0.0,
+                "episodes": len(episode_returns)}
+
+    def _score_levels(self, level_of_step: np.ndarray, advantages: torch.Tensor,
+                      finished: list[tuple[int, float]]) -> None:
+        """value_l1 per level played in this rollout: mean |GAE advantage| over its steps."""
+        magnitude = advantages.abs().numpy()
+        best: dict[int, float] = {}
+        for level_id, episode_return in finished:
+            best[level_id] = max(best.get(level_id, -np.inf), episode_return)
+        for level_id in np.unique(level_of_step):
+            score = float(magnitude[level_of_step == level_id].mean())
+            self.sampler.update(int(level_id), score, best.get(int(level_id), 0.0))
+
+    def _ppo(self, rollout: dict[str, Any]) -> dict[str, float]:
+        cfg = self.config
+        flat = {k: rollout[k].flatten(0, 1) for k in ("images", "directions", "actions", "log_probs", "values",
+                                                      "advantages", "returns")}
+        size = flat["actions"].shape[0]
+        stats = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0}
+        count = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(size, generator=self.generator)
+            for batch in order.chunk(cfg.num_minibatches):
+                logits, value = self.net(flat["images"][batch], flat["directions"][batch])
+                dist = torch.distributions.Categorical(logits=logits)
+                ratio = torch.exp(dist.log_prob(flat["actions"][batch]) - flat["log_probs"][batch])
+                adv = flat["advantages"][batch]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean()
+                old_value = flat["values"][batch]
+                clipped = old_value + (value - old_value).clamp(-cfg.clip, cfg.clip)
+                value_loss = 0.5 * torch.max((value - flat["returns"][batch]) ** 2,
+                                             (clipped - flat["returns"][batch]) ** 2).mean()
+                entropy = dist.entropy().mean()
+                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                stats["policy_loss"] += policy_loss.item()
+                stats["value_loss"] += value_loss.item()
+                stats["entropy"] += entropy.item()
+                count += 1
+        return {k: v / count for k, v in stats.items()} | {"episode_return": rollout["episode_return"]}
+
+    def _generate_and_score(self) -> dict[str, float]:
+        """DRED: decode SLERP interpolations between pairs of training levels, score them with one
+        rollout each (no gradient update), and offer them to the buffer."""
+        cfg = self.config
+        levels, parents = self.vae.interpolate(self.latents, self.train_levels, cfg.num_pairs, cfg.interpolations,
+                                               self.generator)
+        returns, scores = self._evaluate_for_scores(levels)
+        kept = 0
+        for level, parent, ret, score in zip(levels, parents, returns, scores):
+            kept += self.sampler.add_generated(level, score, ret, parent) is not None
+        return {"generated_kept": float(kept), "generated_solved": float(np.mean(np.array(returns) > 0)),
+                "buffer_generated": float(self.sampler.n_generated())}
+
+    def _evaluate_for_scores(self, levels: list[Level]) -> tuple[list[float], list[float]]:
+        """One episode per level with the current policy; score = mean |TD(λ) advantage| along it."""
+        cfg = self.config
+        size = levels[0].grid.shape[0]
+        env = CaveEscapeEnv(levels[0], size=size, max_steps=cfg.max_episode_steps)
+        returns, scores = [], []
+        for level in levels:
+            obs, _ = env.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=self.generator)),
+                               options={"level": level})
+            values, rewards, done = [], [], False
+            while not done:
+                with torch.no_grad():
+                    logits, value = self.net(*encode_observations([obs]))
+                action = int(torch.distributions.Categorical(logits=logits).sample())
+                obs, reward, terminated, truncated, _ = env.step(action)
+                values.append(float(value))
+                rewards.append(reward)
+                done = terminated or truncated
+            values.append(0.0)
+            gae, magnitudes = 0.0, []
+            for t in reversed(range(len(rewards))):
+                delta = rewards[t] + cfg.gamma * values[t + 1] - values[t]
+                gae = delta + cfg.gamma * cfg.gae_lambda * gae
+                magnitudes.append(abs(gae))
+            returns.append(float(sum(rewards)))
+            scores.append(float(np.mean(magnitudes)))
+        return returns, scores
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = {}
+        for name, levels in self.eval_sets.items():
+            returns = play(self.net, self.envs, levels, self.generator)
+            metrics[f"{name}/return"] = float(returns.mean())
+            metrics[f"{name}/solved_rate"] = float((returns > 0).mean())
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "generator": self.generator.get_state(), "steps_done": self.steps_done,
+                 "sampler": self.sampler.__dict__.copy()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.steps_done = state["steps_done"]
+        self.sampler.__dict__.update(state["sampler"])
+        self._observations = None  # episodes restart from fresh levels after a resume
+
+
+def _task(config: UEDConfig) -> str:
+    return "cave_escape"
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"num_envs": 36, "total_steps": 265_000_000, "eval_every": 5_000_000, "checkpoint_every": 5_000_000},
+    # a CPU budget: 1M environment steps, evaluation on 64 levels of each set
+    "quick": {"total_steps": 1_000_000, "eval_every": 250_000, "checkpoint_every": 250_000, "eval_limit": 64},
+    "tiny": {"num_envs": 4, "num_steps": 32, "total_steps": 256, "eval_every": 256, "checkpoint_every": 256,
+             "log_every": 128, "eval_limit": 4, "ppo_epochs": 1},
+}
+SPECS = {method: MethodSpec(name=method, config_cls=UEDConfig, presets=PRESETS,
+                            build=functools.partial(UEDTraining, method=method), task=_task) for method in METHODS}
