@@ -13,6 +13,8 @@ def register_envs() -> None:
         gym.register("workbench/PointReach-v0", entry_point="envs.point_reach:PointReachEnv", max_episode_steps=50)
     if "workbench/CaveEscape-v0" not in gym.registry:
         gym.register("workbench/CaveEscape-v0", entry_point="envs.cave_escape:CaveEscapeEnv")
+    if "workbench/Procgen-v0" not in gym.registry:  # needs `make procgen`
+        gym.register("workbench/Procgen-v0", entry_point="envs.procgen_env:ProcgenLevelEnv")
 
 
 register_envs()

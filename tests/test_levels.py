@@ -67,3 +67,18 @@ def test_malformed_level_files_name_the_key(tmp_path):
         load_levels(tmp_path / "wall.npz")
     with pytest.raises(RLError, match="levels build"):
         load_levels(tmp_path / "absent.npz")
+
+
+def test_procgen_adapter_controls_the_level():
+    pytest.importorskip("procgen", reason="procgen is optional: `make procgen`")
+    env = gym.make("workbench/Procgen-v0", env_name="maze", start_level=0, num_levels=10)
+    check_env(env.unwrapped, skip_render_check=True)
+    first, info = env.reset(seed=0, options={"level": 42})
+    again, info_again = env.reset(seed=1, options={"level": 42})
+    assert info["level_seed"] == info_again["level_seed"] == 42
+    assert np.array_equal(first, again)  # one level, one layout
+    other, _ = env.reset(seed=0, options={"level": 7})
+    assert not np.array_equal(first, other)
+    vector = gym.vector.SyncVectorEnv([lambda: gym.make("workbench/Procgen-v0", env_name="maze")] * 2)
+    observations, _ = vector.reset(seed=0)
+    assert observations.shape == (2, 64, 64, 3)
