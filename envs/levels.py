@@ -215,3 +215,44 @@ def generate_level_set(structures: tuple[str, ...] | list[str], per_structure: i
     rng = np.random.default_rng(seed)
     jobs = [s for s in structures for _ in range(per_structure)]
     return [generate_level(s, rng, size) for s in tqdm(jobs, desc="levels", disable=not progress)]
+
+
+# ---- pictures ------------------------------------------------------------------------------------
+COLOURS = {0: (245, 245, 245), 1: (70, 70, 70), 2: (235, 110, 20), 3: (140, 200, 120)}
+START_COLOUR, GOAL_COLOUR = (40, 90, 230), (20, 150, 40)
+
+
+def level_image(level: Level) -> np.ndarray:
+    """An RGB picture of a level: one pixel per cell (empty light, wall dark, lava orange, moss green,
+    start blue, goal dark green)."""
+    image = np.zeros((*level.grid.shape, 3), dtype=np.uint8)
+    for code, colour in COLOURS.items():
+        image[level.grid == code] = colour
+    image[level.start] = START_COLOUR
+    image[level.goal] = GOAL_COLOUR
+    return image
+
+
+def save_level_picture(rows: dict[str, list[Level]], path: str | Path, per_row: int = 8) -> Path:
+    """A figure with one row of levels per label (e.g. training levels beside generated ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.4 * per_row + 1.5, 1.5 * len(rows)), squeeze=False)
+    for r, (label, levels) in enumerate(rows.items()):
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(levels):
+                ax.imshow(level_image(levels[c]), interpolation="nearest")
+                ax.set_title(levels[c].structure[:14], fontsize=6)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
