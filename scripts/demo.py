@@ -21,6 +21,8 @@ from recsys.train import SPECS as RECSYS
 from rl.offline.a2pr import SPEC as A2PR
 from rl.offline.datasets import local_dataset_path
 from rl.offline.td3bc import SPEC as TD3BC
+from rl.ued.level_vae import SPEC as LEVEL_VAE
+from rl.ued.ppo import SPECS as UED
 
 # offline RL on a dataset the project builds in seconds; the MuJoCo ones take hours of SAC training
 OFFLINE = {"dataset": "pointreach-medium", "total_steps": 1000, "eval_every": 250, "checkpoint_every": 500}
@@ -37,8 +39,32 @@ DEMO_METHODS = [
     (A2PR, OFFLINE),
     # the gradient-inversion attacker's DCGAN prior (images no Flower client holds), shortened
     (PRIOR, {"total_steps": 600, "eval_every": 300, "checkpoint_every": 300}),
+    # DRED: the level VAE on the shipped training levels, then a short student run on CaveEscape
+    (LEVEL_VAE, {"total_steps": 1000, "eval_every": 500, "checkpoint_every": 500}),
+    (UED["dred"], {"total_steps": 16384, "eval_every": 8192, "checkpoint_every": 8192, "eval_limit": 16}),
 ]
-REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "coverage_mse"]
+REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "coverage_mse",
+                  "train/cell_accuracy", "in_dist/solved_rate"]
+
+
+def level_picture(out: str, vae_run: str) -> None:
+    """Training levels beside levels DRED's VAE generates between pairs of them."""
+    import numpy as np
+    import torch
+
+    from envs.levels import load_levels, save_level_picture
+    from rl.ued.level_vae import load_level_vae
+    from rl.ued.ppo import LEVEL_SETS
+
+    vae = load_level_vae(vae_run)
+    levels = load_levels(LEVEL_SETS / "train.npz")
+    generated, _ = vae.interpolate(vae.encode_levels(levels), levels, 2, 4, torch.Generator().manual_seed(0))
+    picks = np.random.default_rng(0).choice(len(levels), 8, replace=False)
+    path = save_level_picture({"training": [levels[i] for i in picks], "generated": generated[:8]},
+                              Path(out) / "levels.png")
+    with open(Path(out) / "report.md", "a") as f:
+        f.write("\n## CaveEscape levels: training levels and DRED's generated levels\n\n"
+                f"![training and generated levels]({path.name})\n")
 
 
 def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
@@ -88,8 +114,11 @@ def main() -> int:
     args = parser.parse_args()
     try:
         prepare_data()
+        vae_run = f"{args.runs}/{LEVEL_VAE.name}/cave_escape/{args.preset}-seed0"
         for spec, overrides in DEMO_METHODS:
             for seed in args.seeds:
+                if spec is UED["dred"]:
+                    overrides = {**overrides, "vae_run": vae_run}
                 config = build_config(spec.config_cls, spec.presets, args.preset, {**overrides, "seed": seed})
                 run_dir = f"{args.runs}/{spec.name}/{spec.task(config)}/{args.preset}-seed{seed}"
                 start = time.perf_counter()
@@ -98,7 +127,9 @@ def main() -> int:
                 print(f"{spec.name} seed {seed}: {metric} {summary['final'][metric]:.4f} "
                       f"({time.perf_counter() - start:.0f} s) -> {run_dir}")
         path = write_report([args.runs], args.out, metrics=REPORT_METRICS, title="workbench demo")
-        prior_config = build_config(PRIOR.config_cls, PRIOR.presets, args.preset, {**DEMO_METHODS[-1][1], "seed": 0})
+        level_picture(args.out, vae_run)
+        prior_overrides = next(overrides for spec, overrides in DEMO_METHODS if spec is PRIOR)
+        prior_config = build_config(PRIOR.config_cls, PRIOR.presets, args.preset, {**prior_overrides, "seed": 0})
         gradient_inversion_demo(args.runs, args.out,
                                 f"{args.runs}/{PRIOR.name}/{PRIOR.task(prior_config)}/{args.preset}-seed0")
     except WorkbenchError as err:
