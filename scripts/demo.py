@@ -41,7 +41,8 @@ DEMO_METHODS = [
     (PRIOR, {"total_steps": 600, "eval_every": 300, "checkpoint_every": 300}),
     # DRED: the level VAE on the shipped training levels, then a short student run on CaveEscape
     (LEVEL_VAE, {"total_steps": 1000, "eval_every": 500, "checkpoint_every": 500}),
-    (UED["dred"], {"total_steps": 16384, "eval_every": 8192, "checkpoint_every": 8192, "eval_limit": 16}),
+    (UED["dred"], {"num_envs": 32, "num_steps": 256, "total_steps": 16384, "eval_every": 8192,
+                   "checkpoint_every": 8192, "eval_limit": 16, "num_pairs": 2, "interpolations": 3}),
 ]
 REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "coverage_mse",
                   "train/cell_accuracy", "in_dist/solved_rate"]
