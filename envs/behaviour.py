@@ -132,14 +132,12 @@ def export_behaviour_policies(run_dir: str | Path, medium_fraction: float = 1 / 
                               out: str | Path | None = None) -> Path:
     """Pick expert / medium / replay snapshots from a behaviour run's last checkpoint; save them (float16)."""
     run = RunDir(run_dir)
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
-        raise RLError(f"{run_dir} has no checkpoint; is it a `workbench rl data train-behaviour` run?")
+    state = run.last_algorithm_state("checkpoint", "is it a `workbench rl data train-behaviour` run?")
     config = read_json(run.path / "config.json")["config"]
     family = config["env"]
-    snapshots = run.load_checkpoint(checkpoint)["algorithm"]["snapshots"]
+    snapshots = state["snapshots"]
     if not snapshots:
-        raise RLError(f"{checkpoint} holds no snapshots; train longer than eval_every before exporting.")
+        raise RLError(f"{run_dir} holds no snapshots; train longer than eval_every before exporting.")
     expert = snapshots[-1]
     threshold = medium_fraction * expert["return"]
     medium_index = next((i for i, s in enumerate(snapshots) if s["return"] >= threshold), len(snapshots) - 1)

@@ -258,6 +258,15 @@ class RunDir:
     def load_checkpoint(self, path: Path, map_location: Any = "cpu") -> dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=False)
 
+    def last_algorithm_state(self, what: str, how: str) -> dict[str, Any]:
+        """The algorithm's state in the last checkpoint, for reusing a trained model elsewhere; a
+        missing run or checkpoint is an error naming the run, what was expected (``what``) and ``how``
+        to make one."""
+        checkpoint = self.latest_checkpoint() if self.exists() else None
+        if checkpoint is None:
+            raise HarnessError(f"{self.path} holds no {what}; {how}")
+        return self.load_checkpoint(checkpoint)["algorithm"]
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary)
 

@@ -101,12 +101,10 @@ def evaluate_student(
     from rl.ued.ppo import ActorCritic, play
 
     run = RunDir(run_dir)
-    checkpoint = run.latest_checkpoint() if run.exists() else None
-    if checkpoint is None:
-        raise typer.BadParameter(f"{run_dir} has no checkpoint; train a student first.")
+    state = run.last_algorithm_state("trained student", "train one with `workbench rl train dred|plr|uniform|dr`.")
     config = run.header["config"]
     net = ActorCritic(hidden=config["hidden"])
-    net.load_state_dict(run.load_checkpoint(checkpoint)["algorithm"]["net"])
+    net.load_state_dict(state["net"])
     level_set = load_levels(levels)
     env_list = [CaveEscapeEnv(level_set[0], size=level_set[0].grid.shape[0], max_steps=config["max_episode_steps"])
                 for _ in range(16)]

@@ -180,13 +180,11 @@ class PriorTraining:
 def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> Generator:
     """The generator of a ``train-prior`` run (its last checkpoint), in eval mode and frozen."""
     run = RunDir(run_dir)
-    checkpoint = run.latest_checkpoint() if run.exists() else None
-    if checkpoint is None:
-        raise FederatedError(f"{run_dir} holds no trained prior; build one with `workbench federated train-prior "
-                             f"--set prior=in --run-dir {run_dir}` (or prior=ood).")
+    state = run.last_algorithm_state("trained prior", "build one with `workbench federated train-prior --set "
+                                     f"prior=in --run-dir {run_dir}` (or prior=ood).")
     config = run.header["config"]
     generator = Generator(config["z_dim"], config["width"])
-    generator.load_state_dict(run.load_checkpoint(checkpoint)["algorithm"]["generator"])
+    generator.load_state_dict(state["generator"])
     return generator.to(device).eval().requires_grad_(False)
 
 

@@ -36,7 +36,6 @@ from harness.config import TrainConfig
 from harness.device import DevicePolicy
 from harness.runs import RunDir
 from harness.trainer import MethodSpec
-from rl import RLError
 
 N_KINDS = 4
 
@@ -210,14 +209,12 @@ class LevelVAETraining:
 
 def load_level_vae(run_dir: str | Path) -> LevelVAE:
     run = RunDir(run_dir)
-    checkpoint = run.latest_checkpoint() if run.exists() else None
-    if checkpoint is None:
-        raise RLError(f"{run_dir} holds no trained level VAE; train one with `workbench rl train level-vae "
-                      f"--run-dir {run_dir}`.")
+    state = run.last_algorithm_state("trained level VAE", f"train one with `workbench rl train level-vae "
+                                     f"--run-dir {run_dir}`.")
     config = run.header["config"]
     levels = load_levels(config["levels"] or Path(__file__).resolve().parents[2] / "envs/level_sets/train.npz")
     model = LevelVAE(levels[0].grid.shape[0], config["latent"])
-    model.load_state_dict(run.load_checkpoint(checkpoint)["algorithm"]["model"])
+    model.load_state_dict(state["model"])
     return model.eval()
 
 
