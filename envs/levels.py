@@ -235,24 +235,9 @@ def level_image(level: Level) -> np.ndarray:
 
 def save_level_picture(rows: dict[str, list[Level]], path: str | Path, per_row: int = 8) -> Path:
     """A figure with one row of levels per label (e.g. training levels beside generated ones)."""
-    import matplotlib
+    from harness.report import plot_image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), per_row, figsize=(1.4 * per_row + 1.5, 1.5 * len(rows)), squeeze=False)
-    for r, (label, levels) in enumerate(rows.items()):
-        for c in range(per_row):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(levels):
-                ax.imshow(level_image(levels[c]), interpolation="nearest")
-                ax.set_title(levels[c].structure[:14], fontsize=6)
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    rows = {label: levels[:per_row] for label, levels in rows.items()}
+    return plot_image_grid({label: [level_image(lv) for lv in levels] for label, levels in rows.items()}, path,
+                           columns=per_row, titles={label: [lv.structure[:14] for lv in levels]
+                                                    for label, levels in rows.items()})

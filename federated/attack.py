@@ -101,24 +101,8 @@ def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = N
 
 def save_grid(rows: dict[str, torch.Tensor], originals: torch.Tensor, path: str | Path) -> Path:
     """A figure: originals on top, one row of (order-matched) reconstructions per attack."""
-    import matplotlib
+    from harness.report import plot_image_grid
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = ["original", *rows]
-    batches = [originals, *rows.values()]
-    n = originals.shape[0]
-    fig, axes = plt.subplots(len(names), n, figsize=(1.2 * n + 1, 1.2 * len(names)), squeeze=False)
-    for r, (label, images) in enumerate(zip(names, batches)):
-        for c in range(n):
-            axes[r, c].imshow(images[c, 0].detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    batches = {"original": originals, **rows}
+    return plot_image_grid({name: [image[0].detach().cpu().numpy() for image in images]
+                            for name, images in batches.items()}, path, cmap="gray", vmin=0, vmax=1)

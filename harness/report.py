@@ -143,6 +143,26 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return _save_figure(fig, path)
 
 
+def plot_image_grid(rows: dict[str, list[np.ndarray]], path: str | os.PathLike, columns: int | None = None,
+                    titles: dict[str, list[str]] | None = None, **imshow: Any) -> Path:
+    """One labelled row of images per key (``imshow`` options such as ``cmap``, ``vmin``, ``vmax``);
+    empty cells where a row is shorter than ``columns``."""
+    columns = columns or max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns + 1.5, 1.4 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c], interpolation="nearest", **imshow)
+                if titles and label in titles:
+                    ax.set_title(titles[label][c], fontsize=6)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))
+
+
 def _slug(metric: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in metric)
 

@@ -83,13 +83,19 @@ def test_defenses_clip_prune_and_noise():
         defend("blur", update, torch.Generator())
 
 
-def test_curious_server_records_an_update_the_attacker_can_turn_into_the_gradient(tmp_path):
+def _capture_one_update(tmp_path, batch_size, local_lr):
+    """Client 3's round-1 FedSGD update, aggregated by the curious server, which records it."""
     model = make_model(0)
-    reply = client_app(_train_message(model), _context(batch_size=2, local_lr=0.05))
-    settings = FLSettings(local_lr=0.05, batch_size=2, capture_rounds="1", capture_partitions="3")
+    reply = client_app(_train_message(model), _context(batch_size=batch_size, local_lr=local_lr))
+    settings = FLSettings(local_lr=local_lr, batch_size=batch_size, capture_rounds="1", capture_partitions="3")
     strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     arrays, _ = strategy.aggregate_train(1, [reply])
+    return model, strategy, arrays
+
+
+def test_curious_server_records_an_update_the_attacker_can_turn_into_the_gradient(tmp_path):
+    model, strategy, arrays = _capture_one_update(tmp_path, batch_size=2, local_lr=0.05)
     assert arrays is not None and len(strategy.captured) == 1
     record = read_capture(strategy.captured[0])
     assert record["batch_size"] == 2 and record["local_steps"] == 1 and record["partition_id"] == 3
@@ -113,12 +119,7 @@ def test_attack_runs_on_a_capture_and_scores_against_the_recomputed_batch(tmp_pa
     from federated.app import client_partitions
     from federated.attack import capture_ground_truth, run_attack
 
-    model = make_model(0)
-    reply = client_app(_train_message(model), _context(batch_size=1, local_lr=0.1))
-    settings = FLSettings(local_lr=0.1, batch_size=1, capture_rounds="1", capture_partitions="3")
-    strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
-    strategy.sent[1] = model.state_dict()
-    strategy.aggregate_train(1, [reply])
+    _, strategy, _ = _capture_one_update(tmp_path, batch_size=1, local_lr=0.1)
     record = read_capture(strategy.captured[0])
     images, labels = capture_ground_truth(record)
     batch = client_batch(client_partitions("", 0, 10, "iid", 0.5)[3], 1, 1, 3, 0)
