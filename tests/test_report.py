@@ -42,3 +42,13 @@ def test_results_file_follows_the_common_format(tmp_path):
     if CHECKER.is_file():
         check = subprocess.run([sys.executable, str(CHECKER), str(path)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
+
+
+def test_image_grid_writes_rows_of_unequal_length(tmp_path):
+    import numpy as np
+
+    from harness.report import plot_image_grid
+
+    path = plot_image_grid({"a": [np.zeros((4, 4))] * 3, "b": [np.ones((4, 4, 3))]}, tmp_path / "g.png",
+                           titles={"a": ["x", "y", "z"]}, cmap="gray")
+    assert path.is_file() and path.stat().st_size > 0
