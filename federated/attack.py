@@ -62,9 +62,27 @@ def victim_model(record: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
+def load_classifier(run_dir: str | Path) -> torch.nn.Module:
+    """The evaluation classifier of a ``workbench federated train-classifier`` run, frozen."""
+    from federated.models import SmallCNN
+    from harness.runs import RunDir
+
+    run = RunDir(run_dir)
+    state = run.last_algorithm_state("trained classifier", "train one with `workbench federated train-classifier "
+                                     f"--preset paper --run-dir {run_dir}`.")
+    config = run.header["config"]
+    model = SmallCNN(width=config["width"], hidden=config["hidden"], dropout=config["dropout"])
+    model.load_state_dict(state["model"])
+    return model.eval().requires_grad_(False)
+
+
 def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = None, preset: str = "quick",
-               seed: int = 0, adaptive: bool = True, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Reconstruct the batch behind ``capture`` with attack ``name``; returns metrics and images."""
+               seed: int = 0, adaptive: bool = True, overrides: dict[str, Any] | None = None,
+               classifier: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Reconstruct the batch behind ``capture`` with attack ``name``; returns metrics and images.
+
+    Metrics: psnr, ssim, label_accuracy, classifier_accuracy (with ``classifier``), seconds,
+    iterations (optimizer steps; for GGL candidate evaluations) and iters_per_s."""
     if name not in ATTACKS:
         raise FederatedError(f"attack {name!r} is not one of {', '.join(ATTACKS)}.")
     if preset not in PRESETS:
@@ -93,8 +111,9 @@ def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = N
                                                                             generator, defense)
     seconds = time.perf_counter() - start
     originals, true_labels = capture_ground_truth(record)
-    metrics = reconstruction_metrics(images, originals, true_labels, labels)
+    metrics = reconstruction_metrics(images, originals, true_labels, labels, classifier)
     metrics |= {"seconds": seconds, **{k: float(v) for k, v in info.items()}}
+    metrics["iters_per_s"] = metrics["iterations"] / max(seconds, 1e-9)
     return {"metrics": metrics, "images": images[match_order(images, originals)], "originals": originals,
             "labels": labels, "true_labels": true_labels}
 

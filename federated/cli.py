@@ -39,23 +39,28 @@ def attack_command(
     name: Annotated[str, typer.Argument(help="dlg | idlg | ig | ggl | gifd")],
     capture: Annotated[list[Path], typer.Option(help="captured update(s) (runs/.../captures/roundRRR-clientPPPP.pt)")],
     prior: Annotated[Optional[Path], typer.Option(help="train-prior run directory (ggl, gifd)")] = None,
+    classifier: Annotated[Optional[Path], typer.Option(help="train-classifier run directory: adds classifier_accuracy "
+                                                             "on the reconstructions")] = None,
     preset: Annotated[str, typer.Option(help="paper | quick | tiny")] = "quick",
     seed: Annotated[int, typer.Option(help="attack seed (initializations, restarts)")] = 0,
     out: Annotated[Path, typer.Option(help="folder for metrics.json and the image grid")] = Path("reports/attack"),
     overrides: Annotated[list[str], typer.Option("--set", help="attack setting key=value, repeatable")] = [],  # noqa: B006
 ) -> None:
     """Invert captured FedSGD updates; PSNR / SSIM / label accuracy against the recomputed client batch."""
-    from federated.attack import run_attack, save_grid
+    from federated.attack import load_classifier, run_attack, save_grid
     from federated.generative.dcgan import load_generator
     from harness.runs import atomic_write_json
 
     generator = load_generator(prior) if prior else None
+    evaluator = load_classifier(classifier) if classifier else None
     results = {}
     for path in capture:
-        result = run_attack(name, path, generator, preset, seed, overrides=parse_overrides(overrides))
+        result = run_attack(name, path, generator, preset, seed, overrides=parse_overrides(overrides),
+                            classifier=evaluator)
         results[str(path)] = result["metrics"]
         grid = save_grid({name: result["images"]}, result["originals"], out / f"{Path(path).stem}-{name}.png")
         shown = ", ".join(f"{k} {v:.3g}" for k, v in result["metrics"].items() if k in ("psnr", "ssim",
-                                                                                     "label_accuracy", "seconds"))
+                                                                                     "label_accuracy", "classifier_accuracy",
+                                                                                     "iters_per_s"))
         typer.echo(f"{path}: {shown} ({grid})")
     atomic_write_json(out / f"metrics-{name}.json", results)

@@ -1,4 +1,5 @@
-"""Reconstruction quality on [0, 1] images: PSNR, SSIM (pytorch-msssim), label recovery.
+"""Reconstruction quality on [0, 1] images: PSNR, SSIM (pytorch-msssim), label recovery, and the
+evaluation classifier's accuracy on the reconstructions (does a reconstruction still show its digit?).
 
 Batches are compared after matching each reconstruction to its closest original (by MSE, Hungarian
 assignment), since an attacker recovers a batch as a set, not in the client's order.
@@ -30,8 +31,16 @@ def ssim_per_image(reconstructed: torch.Tensor, original: torch.Tensor) -> torch
     return ssim(reconstructed.clamp(0, 1), original, data_range=1.0, size_average=False, win_size=window)
 
 
+@torch.no_grad()
+def classifier_accuracy(classifier: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of ``images`` that ``classifier`` assigns to ``labels`` (the true labels, in matched order)."""
+    classifier.eval()
+    return (classifier(images.clamp(0, 1)).argmax(1) == labels).float().mean().item()
+
+
 def reconstruction_metrics(reconstructed: torch.Tensor, original: torch.Tensor, labels_true: torch.Tensor | None = None,
-                           labels_recovered: torch.Tensor | None = None) -> dict[str, float]:
+                           labels_recovered: torch.Tensor | None = None,
+                           classifier: torch.nn.Module | None = None) -> dict[str, float]:
     order = match_order(reconstructed, original)
     matched = reconstructed[order]
     metrics = {"psnr": psnr(matched, original).mean().item(), "ssim": ssim_per_image(matched, original).mean().item()}
@@ -39,4 +48,6 @@ def reconstruction_metrics(reconstructed: torch.Tensor, original: torch.Tensor, 
         true = np.sort(labels_true.cpu().numpy())
         found = np.sort(labels_recovered.cpu().numpy())
         metrics["label_accuracy"] = float((true == found).mean())  # as multisets: order-free
+    if classifier is not None and labels_true is not None:
+        metrics["classifier_accuracy"] = classifier_accuracy(classifier, matched, labels_true)
     return metrics

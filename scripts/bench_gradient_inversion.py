@@ -5,14 +5,17 @@
 2. Every attack inverts the first ``--batches`` captures of each cell; GGL and GIFD run with the
    in-distribution prior (DCGAN on the 3,000 prior images) and, for batch size 1, with the
    out-of-distribution prior (digits 0-4) on captures whose image is a 5-9.
-3. One record per (attack, cell, target batch): PSNR, SSIM, label accuracy, seconds; IQM and 95%
-   CIs over target batches (the records' ``seed`` is the batch index); a grid of originals and
-   reconstructions per cell.
+3. One record per (attack, cell, target batch): PSNR, SSIM, label accuracy, the evaluation
+   classifier's accuracy on the reconstructions, attack iterations/s; IQM and 95% CIs over target
+   batches (the records' ``seed`` is the batch index); a grid of originals and reconstructions per
+   cell. Tasks are named ``bs<B>-<untrained|trained>-<indist|ood>-<defense>`` (the prior's case; IG
+   and DLG use no prior and appear under ``indist``).
 
 Each (attack, cell, batch) result is appended to ``<runs>/results.jsonl`` when done, so a killed run
 continues where it stopped; results.json is rewritten after every cell, labelled with progress.
 
-    python scripts/bench_gradient_inversion.py --batch-sizes 1 --defenses none --batches 16
+    python scripts/bench_gradient_inversion.py --batch-sizes 1 --defenses none --batches 16 \
+        --classifier runs/priors/classifier
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from federated.generative.dcgan import OOD_CLASSES, load_generator
 from harness.report import write_results
 
 
-def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state: str) -> list[Path]:
+def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state: str, clip_norm: float) -> list[Path]:
     """The captured updates of one simulation (run once, then reused)."""
-    out = runs / "captures" / f"{state}-bs{batch_size}-{defense}"
+    out = runs / "captures" / (f"{state}-bs{batch_size}-{defense}" + (f"{clip_norm:g}" if "clip" in defense else ""))
     summary = out / "summary.json"
     if not summary.is_file():
         from federated.simulate import simulate
@@ -55,7 +58,7 @@ def load_done(path: Path) -> dict[tuple, dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attacks", nargs="+", default=["ig", "ggl", "gifd"])
+    parser.add_argument("--attacks", nargs="+", default=["ig", "ggl", "gifd"], help="dlg idlg ig ggl gifd")
     parser.add_argument("--defenses", nargs="+", default=["none", "noise", "clip", "prune"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--states", nargs="+", default=["untrained"], help="untrained | trained (round 20)")
@@ -65,6 +68,9 @@ def main() -> int:
     parser.add_argument("--prior-in", default="runs/priors/in")
     parser.add_argument("--prior-ood", default="runs/priors/ood")
     parser.add_argument("--no-ood", action="store_true")
+    parser.add_argument("--classifier", default="runs/priors/classifier", help="train-classifier run (classifier_acc)")
+    parser.add_argument("--clip-norm", type=float, default=1.0,
+                        help="clip bound; GIFD's 4 is above every bs-1 update norm of this model (2.4-3.2)")
     parser.add_argument("--runs", default="runs/bench/gradient_inversion")
     parser.add_argument("--out", default="benchmarks/gradient_inversion")
     args = parser.parse_args()
@@ -74,6 +80,9 @@ def main() -> int:
     priors = {"in": load_generator(args.prior_in)}
     if not args.no_ood:
         priors["ood"] = load_generator(args.prior_ood)
+    from federated.attack import load_classifier
+
+    classifier = load_classifier(args.classifier)
     jsonl = runs / "results.jsonl"
     done = load_done(jsonl)
     command = "python scripts/bench_gradient_inversion.py " + shlex.join(sys.argv[1:])
@@ -88,9 +97,9 @@ def main() -> int:
                             continue
                         cells.append((state, batch_size, defense, attack, prior))
     for number, (state, batch_size, defense, attack, prior) in enumerate(cells, start=1):
-        task = f"mnist-{state}-bs{batch_size}-{defense}" + ("-ood" if prior == "ood" else "")
-        method = attack + (f"-{prior}prior" if prior else "")
-        captures = captures_for(runs, defense, batch_size, args.clients, state)
+        task = f"bs{batch_size}-{state}-{'ood' if prior == 'ood' else 'indist'}-{defense}"
+        method = attack
+        captures = captures_for(runs, defense, batch_size, args.clients, state, args.clip_norm)
         if prior == "ood":  # the OOD claim: a prior of digits 0-4 against clients holding 5-9
             captures = [c for c in captures if not set(capture_ground_truth(read_capture(c))[1].tolist())
                         & set(OOD_CLASSES)]
@@ -98,12 +107,21 @@ def main() -> int:
         if len(targets) < args.batches:
             print(f"warning: {task} has {len(targets)} of {args.batches} target batches", flush=True)
         grid_rows, originals = {}, None
+        print(f"[{number}/{len(cells)}] {task} {method}: {len(targets)} target batches", flush=True)
         for index, capture in enumerate(targets):
             key = (method, task, index)
             if key not in done:
-                result = run_attack(attack, capture, priors.get(prior), args.preset, seed=index)
+                result = run_attack(attack, capture, priors.get(prior), args.preset, seed=index, classifier=classifier)
+                metrics = result["metrics"]
                 row = {"method": method, "task": task, "seed": index, "capture": str(capture),
-                       "metrics": {k: result["metrics"][k] for k in ("psnr", "ssim", "label_accuracy", "seconds")}}
+                       "metrics": {"psnr": metrics["psnr"], "ssim": metrics["ssim"],
+                                   "label_acc": metrics["label_accuracy"],
+                                   "classifier_acc": metrics["classifier_accuracy"],
+                                   "iters_per_s": metrics["iters_per_s"], "seconds": metrics["seconds"]}}
+                # the reconstructions themselves, so that later metrics need no rerun
+                kept = runs / "reconstructions" / task / f"{method}-{index:03d}.pt"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"images": result["images"].half(), "labels": result["labels"]}, kept)
                 with open(jsonl, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 done[key] = row
@@ -116,9 +134,11 @@ def main() -> int:
         notes = (f"{status}. MNIST, the federated SmallCNN ({', '.join(args.states)}), FedSGD captures of a Flower "
                  f"simulation ({args.clients} clients, IID, one capture per client), {args.batches} target batches "
                  f"per cell (record seed = batch index), attack preset '{args.preset}' (federated/attack.py), "
-                 "adaptive attacker for clip/prune; GGL/GIFD priors: DCGAN on the 3,000 prior images ('in') or "
-                 "on digits 0-4 of them ('ood', against clients whose image is a 5-9). PSNR/SSIM on [0,1] after "
-                 "order matching; IQM and 95% CIs over target batches.")
+                 f"adaptive attacker for clip (bound {args.clip_norm:g}) and prune; noise std 0.01; GGL/GIFD priors: "
+                 "DCGAN on the 3,000 prior images ('indist') or on digits 0-4 of them ('ood', against clients whose "
+                 "image is a 5-9). PSNR/SSIM on [0,1] after order matching; classifier_acc: the evaluation "
+                 f"classifier ({args.classifier}) on the matched reconstructions; iters_per_s: optimizer steps "
+                 "(GGL: candidate evaluations) per second, one thread; IQM and 95% CIs over target batches.")
         write_results(out, "gradient_inversion", command, records, notes=notes)
         print(f"[{number}/{len(cells)}] {task} {method} done", flush=True)
     return 0

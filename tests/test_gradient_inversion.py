@@ -44,6 +44,13 @@ def test_psnr_and_order_matching_by_hand():
     metrics = reconstruction_metrics(reconstructed, original, torch.tensor([3, 7]), torch.tensor([7, 3]))
     assert metrics["psnr"] == pytest.approx(20.0, abs=1e-4) and metrics["label_accuracy"] == 1.0
 
+    class Constant(torch.nn.Module):  # always says "3": right on original[0] only, after order matching
+        def forward(self, images):
+            return torch.nn.functional.one_hot(torch.full((len(images),), 3), 10).float()
+
+    scored = reconstruction_metrics(reconstructed, original, torch.tensor([3, 7]), torch.tensor([7, 3]), Constant())
+    assert scored["classifier_accuracy"] == 0.5
+
 
 def test_adaptive_attacker_clips_its_own_gradient(mnist):
     model = _small_model()

@@ -26,7 +26,7 @@ class DLGConfig:
 
 def _one_restart(model: nn.Module, target: list[torch.Tensor], batch_size: int, image_shape: tuple[int, ...],
                  config: DLGConfig, generator: torch.Generator, defense: dict | None, num_classes: int,
-                 labels_known: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                 labels_known: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     images = torch.randn((batch_size, *image_shape), generator=generator).requires_grad_(True)
     label_logits = torch.randn((batch_size, num_classes), generator=generator).requires_grad_(True)
     optimizer = torch.optim.LBFGS([images] if labels_known is not None else [images, label_logits], lr=config.lr,
@@ -41,13 +41,14 @@ def _one_restart(model: nn.Module, target: list[torch.Tensor], batch_size: int, 
         loss.backward()
         return loss
 
-    for _ in range(config.iterations):
+    steps = 0
+    for steps in range(1, config.iterations + 1):
         if not torch.isfinite(optimizer.step(closure)):
             break
     gradient = [g.detach() for g in dummy_gradient(model, images, label_target(), defense)]
     final = euclidean_loss(gradient, target).item()
     labels = labels_known if labels_known is not None else label_logits.detach().argmax(-1)
-    return images.detach().clamp(0, 1), labels, final if final == final else float("inf")
+    return images.detach().clamp(0, 1), labels, final if final == final else float("inf"), steps
 
 
 def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, image_shape: tuple[int, ...],
@@ -57,5 +58,5 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, i
     labels_known = infer_labels(target, batch_size) if config.infer_labels else None
     runs = [_one_restart(model, target, batch_size, image_shape, config, generator, defense, num_classes,
                          labels_known) for _ in range(config.restarts)]
-    images, labels, loss = min(runs, key=lambda run: run[2])
-    return images, labels, {"gradient_loss": loss}
+    images, labels, loss, _ = min(runs, key=lambda run: run[2])
+    return images, labels, {"gradient_loss": loss, "iterations": float(sum(run[3] for run in runs))}

@@ -58,4 +58,6 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, g
                            dtype=torch.float32).view(batch_size, z_dim)
     with torch.no_grad():
         images = generator_net(best).clamp(0, 1)
-    return images, labels, {"gradient_loss": float(strategy.result.fbest)}
+    # one iteration = one candidate's gradient evaluation (CMA-ES generations x population)
+    return images, labels, {"gradient_loss": float(strategy.result.fbest),
+                            "iterations": float(config.budget * config.num_sample)}

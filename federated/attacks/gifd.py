@@ -105,6 +105,7 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, g
                 best = (loss, images, stage)
         stage_results.append(best)
     loss, images, stage = min(stage_results, key=lambda result: result[0])
-    info = {"gradient_loss": loss, "chosen_stage": float(stage)}
+    info = {"gradient_loss": loss, "chosen_stage": float(stage),
+            "iterations": float((last + 1) * config.restarts * config.steps_per_stage)}
     info |= {f"stage{s}_loss": result[0] for s, result in enumerate(stage_results)}
     return images, labels, info

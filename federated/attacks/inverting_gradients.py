@@ -50,4 +50,4 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, i
         final = cosine_loss([g.detach() for g in dummy_gradient(model, images, labels, defense)], target).item()
         if best is None or final < best[2]:
             best = (images.detach(), labels, final)
-    return best[0], best[1], {"gradient_loss": best[2]}
+    return best[0], best[1], {"gradient_loss": best[2], "iterations": float(config.iterations * config.restarts)}
