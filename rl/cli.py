@@ -103,7 +103,7 @@ def evaluate_student(
     run = RunDir(run_dir)
     state = run.last_algorithm_state("trained student", "train one with `workbench rl train dred|plr|uniform|dr`.")
     config = run.header["config"]
-    net = ActorCritic(hidden=config["hidden"])
+    net = ActorCritic(hidden=config["hidden"], recurrent=config.get("recurrent", False))
     net.load_state_dict(state["net"])
     level_set = load_levels(levels)
     env_list = [CaveEscapeEnv(level_set[0], size=level_set[0].grid.shape[0], max_steps=config["max_episode_steps"])

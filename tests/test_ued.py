@@ -59,7 +59,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_ppo_solves_a_trivial_level_within_seconds(tmp_path, one_thread):
+@pytest.mark.parametrize("recurrent", [False, True], ids=["feedforward", "lstm"])
+def test_ppo_solves_a_trivial_level_within_seconds(tmp_path, one_thread, recurrent):
     import torch
 
     from envs.levels import save_levels
@@ -72,7 +73,7 @@ def test_ppo_solves_a_trivial_level_within_seconds(tmp_path, one_thread):
     spec = SPECS["uniform"]
     config = build_config(spec.config_cls, spec.presets, "tiny", {
         "levels": str(path), "eval_levels": f"trivial={path}", "num_envs": 8, "num_steps": 64, "lr": 3e-3,
-        "ppo_epochs": 4, "max_episode_steps": 30, "entropy_coef": 0.01})
+        "ppo_epochs": 4, "max_episode_steps": 30, "entropy_coef": 0.01, "recurrent": recurrent})
     student = UEDTraining(config, make_policy("cpu", "fp32"), method="uniform")
     student.eval_sets = {"trivial": student.eval_sets["trivial"] * 16}
     before = student.evaluate()["trivial/solved_rate"]
@@ -81,6 +82,31 @@ def test_ppo_solves_a_trivial_level_within_seconds(tmp_path, one_thread):
     after = student.evaluate()
     assert after["trivial/solved_rate"] >= 0.9 > before
     assert after["trivial/return"] > 0.8
+
+
+def test_recurrent_ppo_replays_its_rollout_exactly(tmp_path, one_thread):
+    """PPO's sequence replay (stored memory, cleared at episode ends) gives back the collection's
+    action probabilities and values: the first PPO ratio is exactly 1."""
+    import torch
+
+    from harness.config import build_config
+    from harness.device import make_policy
+    from rl.ued.ppo import SPECS, UEDTraining
+
+    torch.manual_seed(0)
+    spec = SPECS["uniform"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {"recurrent": True, "num_envs": 3, "num_steps": 40,
+                                                                 "max_episode_steps": 7})
+    student = UEDTraining(config, make_policy("cpu", "fp32"), method="uniform")
+    student.update()  # the second rollout starts from a non-zero memory
+    rollout = student._collect()
+    assert rollout["dones"].sum() >= 3  # episodes of <= 7 steps: the memory was cleared mid-rollout
+    with torch.no_grad():
+        logits, values = student.net.unroll(rollout["images"], rollout["directions"], rollout["initial_memory"],
+                                            rollout["dones"])
+    log_probs = torch.distributions.Categorical(logits=logits).log_prob(rollout["actions"])
+    torch.testing.assert_close(log_probs, rollout["log_probs"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, rollout["values"], atol=1e-5, rtol=0)
 
 
 def test_level_vae_reconstructs_and_dred_trains_on_generated_levels(tmp_path, one_thread):
