@@ -125,6 +125,46 @@ def forget_ended(memory: Memory, dones: torch.Tensor) -> Memory:
     return memory[0] * keep, memory[1] * keep
 
 
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+                gamma: float, gae_lambda: float) -> torch.Tensor:
+    """GAE(lambda) advantages of a (T, N) rollout; an episode end (done) stops bootstrapping."""
+    advantages = torch.zeros_like(rewards)
+    gae = torch.zeros_like(last_value)
+    for t in reversed(range(rewards.shape[0])):
+        next_value = last_value if t == rewards.shape[0] - 1 else values[t + 1]
+        delta = rewards[t] + gamma * next_value * (1 - dones[t]) - values[t]
+        gae = delta + gamma * gae_lambda * (1 - dones[t]) * gae
+        advantages[t] = gae
+    return advantages
+
+
+def ppo_losses(logits: torch.Tensor, value: torch.Tensor, data: dict[str, torch.Tensor],
+               clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped-ratio policy loss (minibatch-normalized advantages), clipped value loss, entropy."""
+    dist = torch.distributions.Categorical(logits=logits)
+    ratio = torch.exp(dist.log_prob(data["actions"]) - data["log_probs"])
+    adv = data["advantages"]
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv).mean()
+    old_value = data["values"]
+    clipped = old_value + (value - old_value).clamp(-clip, clip)
+    value_loss = 0.5 * torch.max((value - data["returns"]) ** 2, (clipped - data["returns"]) ** 2).mean()
+    return policy_loss, value_loss, dist.entropy().mean()
+
+
+def score_levels(sampler: Any, level_of_step: np.ndarray, advantages: torch.Tensor,
+                 finished: list[tuple[int, float]]) -> None:
+    """Tell the sampler each played level's value_l1 (mean |GAE advantage| over its steps in this
+    rollout) and the best return of its episodes that ended."""
+    magnitude = advantages.abs().numpy()
+    best: dict[int, float] = {}
+    for level_id, episode_return in finished:
+        best[level_id] = max(best.get(level_id, -np.inf), episode_return)
+    for level_id in np.unique(level_of_step):
+        score = float(magnitude[level_of_step == level_id].mean())
+        sampler.update(int(level_id), score, best.get(int(level_id), 0.0))
+
+
 def encode_observations(observations: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.as_tensor(np.stack([o["image"] for o in observations]), dtype=torch.float32).permute(0, 3, 1, 2)
     direction = torch.as_tensor([int(o["direction"]) for o in observations], dtype=torch.long)
@@ -283,30 +323,14 @@ class UEDTraining:
             self._memory = forget_ended(self._memory, dones[t])
         with torch.no_grad():
             _, last_value, _ = self.net(*encode_observations(self._observations), self._memory)
-        advantages = torch.zeros(t_max, n)
-        gae = torch.zeros(n)
-        for t in reversed(range(t_max)):
-            next_value = last_value if t == t_max - 1 else values[t + 1]
-            delta = rewards[t] + cfg.gamma * next_value * (1 - dones[t]) - values[t]
-            gae = delta + cfg.gamma * cfg.gae_lambda * (1 - dones[t]) * gae
-            advantages[t] = gae
-        self._score_levels(level_of_step, advantages, finished_returns)
+        advantages = compute_gae(rewards, values, dones, last_value, cfg.gamma, cfg.gae_lambda)
+        score_levels(self.sampler, level_of_step, advantages, finished_returns)
         return {"images": images, "directions": directions, "actions": actions, "log_probs": log_probs,
                 "values": values, "advantages": advantages, "returns": advantages + values, "dones": dones,
                 "initial_memory": initial_memory,
                 "episode_return": float(np.mean(episode_returns)) if episode_returns else 0.0,
                 "episodes": len(episode_returns)}
 
-    def _score_levels(self, level_of_step: np.ndarray, advantages: torch.Tensor,
-                      finished: list[tuple[int, float]]) -> None:
-        """value_l1 per level played in this rollout: mean |GAE advantage| over its steps."""
-        magnitude = advantages.abs().numpy()
-        best: dict[int, float] = {}
-        for level_id, episode_return in finished:
-            best[level_id] = max(best.get(level_id, -np.inf), episode_return)
-        for level_id in np.unique(level_of_step):
-            score = float(magnitude[level_of_step == level_id].mean())
-            self.sampler.update(int(level_id), score, best.get(int(level_id), 0.0))
 
     def _ppo(self, rollout: dict[str, Any]) -> dict[str, float]:
         """PPO epochs; the feed-forward core shuffles single steps, the recurrent one whole
@@ -333,16 +357,7 @@ class UEDTraining:
                 else:
                     data = {k: rollout[k].flatten(0, 1)[batch] for k in keys}
                     logits, value, _ = self.net(data["images"], data["directions"])
-                dist = torch.distributions.Categorical(logits=logits)
-                ratio = torch.exp(dist.log_prob(data["actions"]) - data["log_probs"])
-                adv = data["advantages"]
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv).mean()
-                old_value = data["values"]
-                clipped = old_value + (value - old_value).clamp(-cfg.clip, cfg.clip)
-                value_loss = 0.5 * torch.max((value - data["returns"]) ** 2,
-                                             (clipped - data["returns"]) ** 2).mean()
-                entropy = dist.entropy().mean()
+                policy_loss, value_loss, entropy = ppo_losses(logits, value, data, cfg.clip)
                 loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
