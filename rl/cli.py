@@ -10,6 +10,7 @@ from rl.offline.a2pr import SPEC as A2PR
 from rl.offline.td3bc import SPEC as TD3BC
 from rl.ued.level_vae import SPEC as LEVEL_VAE
 from rl.ued.ppo import SPECS as UED_SPECS
+from rl.ued.procgen_ppo import SPECS as PROCGEN_SPECS
 
 app = typer.Typer(help="Reinforcement learning: offline RL (TD3+BC, A2PR) on D4RL-format datasets; level "
                   "generation for zero-shot transfer (DR, uniform, PLR, DRED) on CaveEscape.",
@@ -19,6 +20,8 @@ train_app = typer.Typer(help="Train an offline RL method: --dataset NAME|FILE.hd
 for spec in (TD3BC, A2PR):
     train_app.command(spec.name)(train_command(spec))
 for spec in (*UED_SPECS.values(), LEVEL_VAE):  # CaveEscape students (--set levels=train.npz) and DRED's VAE
+    train_app.command(spec.name)(train_command(spec))
+for spec in PROCGEN_SPECS.values():  # PPO on Procgen levels chosen by PLR or uniformly (needs `make procgen`)
     train_app.command(spec.name)(train_command(spec))
 app.add_typer(train_app, name="train")
 

@@ -137,3 +137,23 @@ def test_level_vae_reconstructs_and_dred_trains_on_generated_levels(tmp_path, on
         "interpolations": 3})
     summary = train(dred, config, str(tmp_path / "dred"), "tiny", quiet=True)
     assert summary["status"] == "finished" and 0 <= summary["final"]["in_dist/solved_rate"] <= 1
+
+
+def test_procgen_plr_student_trains_and_scores_the_levels_it_plays(tmp_path, one_thread):
+    pytest.importorskip("procgen", reason="procgen is optional: `make procgen`")
+    from harness.config import build_config
+    from harness.runs import RunDir
+    from harness.trainer import train
+    from rl.ued.procgen_ppo import SPECS
+
+    spec = SPECS["procgen-plr"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {"num_steps": 64, "total_steps": 128,
+                                                                 "eval_every": 128, "checkpoint_every": 128})
+    summary = train(spec, config, str(tmp_path / "run"), "tiny", quiet=True)
+    assert {"train/return", "test/return", "test/solved_rate"} <= set(summary["final"])
+    state = RunDir(tmp_path / "run").last_algorithm_state("student", "")
+    sampler = state["sampler"]
+    assert sampler["seen"].any() and state["plays"].sum() >= 2  # played levels were scored by value_l1
+    assert (sampler["scores"][sampler["seen"]] > 0).all()
+    with pytest.raises(Exception, match="overlaps the training seeds"):
+        build_config(spec.config_cls, spec.presets, "tiny", {"test_start_level": 3})
