@@ -52,6 +52,18 @@ def test_cave_escape_follows_the_gymnasium_api_and_rewards_only_the_goal():
     assert terminated and reward == 0.0
 
 
+def test_cave_escape_runs_as_a_vectorized_environment():
+    levels = [_corridor([EMPTY]), _corridor([LAVA])]
+    vector = gym.make_vec("workbench/CaveEscape-v0", num_envs=2, vectorization_mode="sync",
+                          vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, level=levels[0])
+    observations, _ = vector.reset(seed=0, options={"level": levels[1]})
+    assert observations["image"].shape == (2, 5, 5, 3)
+    for _ in range(5):
+        observations, rewards, terminated, truncated, _ = vector.step(vector.action_space.sample())
+    assert observations["image"].shape == (2, 5, 5, 3) and rewards.shape == (2,)
+    vector.close()
+
+
 def test_malformed_level_files_name_the_key(tmp_path):
     np.savez(tmp_path / "missing.npz", grids=np.zeros((1, 3, 3), np.uint8), starts=np.zeros((1, 2), np.int16))
     with pytest.raises(RLError, match="missing key 'goals'"):
