@@ -59,8 +59,7 @@ def attack_command(
                             classifier=evaluator)
         results[str(path)] = result["metrics"]
         grid = save_grid({name: result["images"]}, result["originals"], out / f"{Path(path).stem}-{name}.png")
-        shown = ", ".join(f"{k} {v:.3g}" for k, v in result["metrics"].items() if k in ("psnr", "ssim",
-                                                                                     "label_accuracy", "classifier_accuracy",
-                                                                                     "iters_per_s"))
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in result["metrics"].items()
+                          if k in ("psnr", "ssim", "label_accuracy", "classifier_accuracy", "iters_per_s"))
         typer.echo(f"{path}: {shown} ({grid})")
     atomic_write_json(out / f"metrics-{name}.json", results)

@@ -27,6 +27,18 @@ def test_plr_mixes_rank_and_staleness():
     assert sampler.weights() == pytest.approx(expected)
 
 
+def test_plr_plays_every_unseen_level_before_replaying_when_asked():
+    sampler = PLRSampler([_level(i) for i in range(5)], PLRConfig(unseen_until=1.0), seed=0)
+    first = []
+    for _ in range(5):
+        level_id = sampler.sample(1)[0]
+        first.append(level_id)
+        sampler.update(level_id, score=float(level_id), max_return=0.0)
+    assert sorted(first) == [0, 1, 2, 3, 4]  # no replay until all have been seen
+    later = [sampler.sample(1)[0] for _ in range(200)]
+    assert np.bincount(later, minlength=5).argmax() == 4  # then the highest score dominates (T 0.1)
+
+
 def test_dred_buffer_never_evicts_training_levels_and_ignores_unsolved_generated_levels():
     dataset = [_level(i) for i in range(4)]
     buffer = DREDBuffer(dataset, DREDConfig(buffer_size=6), seed=0)

@@ -42,7 +42,8 @@ def _one_restart(model: nn.Module, target: list[torch.Tensor], batch_size: int, 
         return loss
 
     steps = 0
-    for steps in range(1, config.iterations + 1):
+    while steps < config.iterations:
+        steps += 1
         if not torch.isfinite(optimizer.step(closure)):
             break
     gradient = [g.detach() for g in dummy_gradient(model, images, label_target(), defense)]

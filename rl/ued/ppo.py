@@ -10,8 +10,8 @@ The network follows the paper's shape: Conv2d(3 -> 16, 3x3) on the 5x5 egocentri
 direction one-hot through Linear(4, 5), a shared core, and actor / critic heads MLP(32, 32). The
 core is the paper's LSTM(256) with ``recurrent=true`` (PPO then replays each environment's rollout
 as a sequence from its stored memory, reset at every episode end) or a 256-unit ReLU layer
-(``recurrent=false``, the default: about 3x faster on a CPU, and the benchmark's setting). Paper defaults in ``UEDConfig``;
-evaluation is zero-shot: one episode per level of each evaluation level set.
+(``recurrent=false``, the default and the CPU benchmark's setting). Paper defaults in
+``UEDConfig``; evaluation is zero-shot: one episode per level of each evaluation level set.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class ActorCritic(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten())  # 5x5 -> 16x3x3
         self.direction = nn.Linear(4, 5)
         features = 16 * 9 + 5
-        self.core = nn.LSTMCell(features, hidden) if recurrent else nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
+        self.core = (nn.LSTMCell(features, hidden) if recurrent
+                     else nn.Sequential(nn.Linear(features, hidden), nn.ReLU()))
         self.actor = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
                                    nn.Linear(32, n_actions))
         self.critic = nn.Sequential(nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))

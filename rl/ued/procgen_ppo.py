@@ -5,8 +5,8 @@ The setting of Prioritized Level Replay (Jiang et al. 2021; facebookresearch/lev
 levels (seeds ``0 .. num_train_levels-1``, easy mode), the IMPALA ResNet (channels 16/32/32, a
 256-unit layer), PPO with 64 environments x 256 steps, 3 epochs of 8 minibatches, lr 5e-4,
 gamma 0.999, GAE 0.95, entropy 0.01, clip 0.2, 25M steps; PLR scores levels by value_l1 and samples
-by rank (temperature 0.1) mixed with staleness (0.1). The ``paper`` preset is that run (GPU
-scale); ``quick`` is a CPU run of a few minutes that shows the sampler at work; ``tiny`` is for
+by rank (temperature 0.1) mixed with staleness (0.1), after playing every level once (rho 1.0).
+The ``paper`` preset is that run (GPU scale); ``quick`` is a CPU run of a few minutes that shows the sampler at work; ``tiny`` is for
 tests. Every level a rollout played is scored as on CaveEscape (``rl.ued.ppo.score_levels``), and
 each environment plays the level the sampler chose (``reset(options={"level": seed})``).
 
@@ -55,6 +55,7 @@ class ProcgenConfig(TrainConfig):
     max_grad_norm: float = 0.5
     plr_temperature: float = 0.1
     staleness_coef: float = 0.1
+    unseen_until: float = 1.0  # level-replay's rho: every training level is played once before replay
     total_steps: int = 25_000_000
     eval_every: int = 1_000_000
     log_every: int = 16_384
@@ -111,8 +112,8 @@ class ProcgenPLRTraining:
         self.config = cfg = config
         self.device = policy.device
         seeds = list(range(cfg.num_train_levels))
-        self.sampler = (PLRSampler(seeds, PLRConfig(cfg.plr_temperature, cfg.staleness_coef), cfg.seed)
-                        if sampler == "plr" else UniformSampler(seeds, cfg.seed))
+        plr = PLRConfig(cfg.plr_temperature, cfg.staleness_coef, cfg.unseen_until)
+        self.sampler = PLRSampler(seeds, plr, cfg.seed) if sampler == "plr" else UniformSampler(seeds, cfg.seed)
         self.envs = [ProcgenLevelEnv(cfg.env_name, distribution_mode=cfg.distribution_mode)
                      for _ in range(cfg.num_envs)]
         self.net = ImpalaActorCritic(n_actions=self.envs[0].action_space.n).to(self.device)

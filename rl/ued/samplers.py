@@ -8,6 +8,9 @@ the level's score and the best return it reached) and, for DRED, takes generated
 * PLR (Jiang et al. 2021): P = (1 - rho) * P_S + rho * P_C, P_S the rank transform
   h(S_i) = (1 / rank_i)^(1/T) of the scores (value_l1, T = 0.1), P_C staleness
   (c - C_i) / sum_j (c - C_j) over episode counts, rho = 0.3; new scores replace old (EWA alpha 1).
+  The level-replay code's "proportionate" schedule: while fewer than a fraction ``rho`` of the
+  levels have been seen, an unseen level is drawn uniformly instead (its Procgen default: rho 1.0,
+  every level once before any replay; DRED's dataset runs set it so that replay starts at once).
 * DRED: a buffer (4,000) holding the training levels, which are never evicted, and generated
   levels, the lowest-weight one evicted first. P = (1 - s) [(1 - c_t) P_primary + c_t P_secondary]
   + s P_staleness: P_primary ranks value_l1 over training levels only (T = 0.1); P_secondary ranks
@@ -68,7 +71,8 @@ class UniformSampler:
 @dataclass
 class PLRConfig:
     temperature: float = 0.1
-    staleness_coef: float = 0.3  # rho
+    staleness_coef: float = 0.3
+    unseen_until: float = 0.0  # draw unseen levels first while the seen fraction is below this (PLR's rho)
 
 
 class PLRSampler(UniformSampler):
@@ -91,10 +95,16 @@ class PLRSampler(UniformSampler):
                                                                                              self.episode)
 
     def sample(self, n: int) -> list[int]:
-        ids = self.rng.choice(len(self.levels), size=n, p=self.weights()).tolist()
-        for level_id in ids:
+        ids = []
+        for _ in range(n):
+            unseen = np.flatnonzero(~self.seen)
+            if len(unseen) and self.seen.mean() < self.config.unseen_until:
+                level_id = int(self.rng.choice(unseen))
+            else:
+                level_id = int(self.rng.choice(len(self.levels), p=self.weights()))
             self.episode += 1
             self.last_sampled[level_id] = self.episode
+            ids.append(level_id)
         return ids
 
     def update(self, level_id: int, score: float, max_return: float) -> None:
