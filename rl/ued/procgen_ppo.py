@@ -8,7 +8,8 @@ gamma 0.999, GAE 0.95, entropy 0.01, clip 0.2, 25M steps; PLR scores levels by v
 by rank (temperature 0.1) mixed with staleness (0.1), after playing every level once (rho 1.0).
 The ``paper`` preset is that run (GPU scale); ``quick`` is a CPU run of a few minutes that shows
 the sampler at work; ``tiny`` is for tests. Every level a rollout played is scored as on
-CaveEscape (``rl.ued.ppo.score_levels``), and each environment plays the level the sampler chose (``reset(options={"level": seed})``).
+CaveEscape (``rl.ued.ppo.score_levels``), and each environment plays the level the sampler
+chose (``reset(options={"level": seed})``).
 
 Evaluation: mean return and solved rate (return > 0) over one episode on each of the first
 ``eval_levels`` training levels and on as many unseen levels (seeds from ``test_start_level``).
