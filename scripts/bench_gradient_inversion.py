@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--prior-in", default="runs/priors/in")
     parser.add_argument("--prior-ood", default="runs/priors/ood")
     parser.add_argument("--no-ood", action="store_true")
+    parser.add_argument("--ood-defenses", nargs="+", default=None,
+                        help="defenses whose bs-1 cells also run the OOD prior (default: all)")
     parser.add_argument("--classifier", default="runs/priors/classifier", help="train-classifier run (classifier_acc)")
     parser.add_argument("--clip-norm", type=float, default=1.0,
                         help="clip bound; GIFD's 4 is above every bs-1 update norm of this model (2.4-3.2)")
@@ -93,7 +95,8 @@ def main() -> int:
             for defense in args.defenses:
                 for attack in args.attacks:
                     for prior in (["in", "ood"] if attack in ("ggl", "gifd") else [None]):
-                        if prior == "ood" and (args.no_ood or batch_size != 1):
+                        if prior == "ood" and (args.no_ood or batch_size != 1 or (
+                                args.ood_defenses is not None and defense not in args.ood_defenses)):
                             continue
                         cells.append((state, batch_size, defense, attack, prior))
     for number, (state, batch_size, defense, attack, prior) in enumerate(cells, start=1):
