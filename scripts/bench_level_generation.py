@@ -21,16 +21,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.levels import load_levels, save_level_picture
+from envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels, save_level_picture
 from harness.config import build_config
 from harness.report import write_results
 from harness.runs import RunDir
 from harness.trainer import train
 from rl.ued.level_vae import SPEC as VAE
 from rl.ued.level_vae import load_level_vae
-from rl.ued.ppo import LEVEL_SETS, METHODS, SPECS
+from rl.ued.ppo import LEVEL_SETS, METHODS, SPECS, random_blocks_level
 
 SETS = ("in_dist", "held_out_structures")
+
+
+def level_closeness(runs: dict[tuple[str, int], RunDir], dr_blocks: int = 60) -> str:
+    """How close each level source is to the training levels: the fraction of cells in which a level
+    differs from its nearest training level, the cell-kind mix, and solvability. Sources: unseen
+    levels of the training structures (the reference for "in distribution"), held-out structures,
+    DR's random-block levels, and the generated levels in each DRED student's final buffer."""
+    train_levels = load_levels(LEVEL_SETS / "train.npz")
+    train_grids = np.stack([level.grid for level in train_levels]).reshape(len(train_levels), -1)
+    rng = np.random.default_rng(0)
+    sources: dict[str, list[Level]] = {
+        "test.npz (same structures)": load_levels(LEVEL_SETS / "test.npz"),
+        "held_out.npz (other structures)": load_levels(LEVEL_SETS / "held_out.npz"),
+        f"DR ({dr_blocks} random blocks)": [random_blocks_level(rng, 13, dr_blocks) for _ in range(512)]}
+    for (method, seed), run in sorted(runs.items()):
+        if method == "dred":
+            entries = run.last_algorithm_state("DRED buffer", "run the benchmark")["sampler"]["entries"]
+            sources[f"DRED generated, buffer of seed {seed}"] = [e.level for e in entries if not e.from_dataset]
+    lines = ["| levels | n | cells differing from the nearest training level | wall | lava | moss | solvable |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, levels in sources.items():
+        if not levels:
+            continue
+        grids = np.stack([level.grid for level in levels]).reshape(len(levels), -1)
+        nearest = np.array([(grid[None] != train_grids).mean(1).min() for grid in grids])
+        kinds = [float((grids == kind).mean()) for kind in (WALL, LAVA, MOSS)]
+        solvable = np.mean([is_solvable(level) for level in levels])
+        lines.append(f"| {name} | {len(levels)} | {nearest.mean():.3f} (median {np.median(nearest):.3f}) | "
+                     + " | ".join(f"{k:.3f}" for k in kinds) + f" | {solvable:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def curves_figure(runs: dict[tuple[str, int], RunDir], path: Path) -> None:
@@ -118,6 +148,8 @@ def main() -> int:
                  f"{args.eval_limit or 'all'} levels of each set, one episode each.{vae_note}")
         extra = "![solved rate during training](curves.png)\n\n" + (
             "![training levels beside DRED's generated levels](levels.png)\n" if "dred" in args.methods else "")
+        if done == len(cells) and "dred" in args.methods:
+            extra += "\nHow close each level source is to the 512 training levels:\n\n" + level_closeness(runs)
         write_results(out, "level_generation", command, records, notes=notes, extra_markdown=extra)
     return 0
 
