@@ -121,6 +121,33 @@ def test_recurrent_ppo_replays_its_rollout_exactly(tmp_path, one_thread):
     torch.testing.assert_close(values, rollout["values"], atol=1e-5, rtol=0)
 
 
+def test_training_after_an_evaluation_plays_only_training_levels(tmp_path, one_thread):
+    """Evaluation borrows the training environments; the next rollout must not continue its episodes."""
+    from envs.levels import save_levels
+    from harness.config import build_config
+    from harness.device import make_policy
+    from rl.ued.ppo import SPECS, UEDTraining
+
+    grid = np.zeros((3, 3), dtype=np.uint8)
+    train_path = save_levels([Level(grid, (1, 0), (1, 2), "train")], tmp_path / "train.npz")
+    eval_path = save_levels([Level(grid, (0, 0), (2, 2), "eval")], tmp_path / "eval.npz")
+    spec = SPECS["uniform"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {
+        "levels": str(train_path), "eval_levels": f"other={eval_path}", "num_envs": 2, "num_steps": 4,
+        "max_episode_steps": 50})
+    student = UEDTraining(config, make_policy("cpu", "fp32"), method="uniform")
+    student.update()
+    student.evaluate()
+    stepped_on = []
+    for env in student.envs:
+        def spy(action, env=env, step=env.step):
+            stepped_on.append(env.level.structure)
+            return step(action)
+        env.step = spy
+    student.update()
+    assert set(stepped_on) == {"train"}
+
+
 def test_level_vae_reconstructs_and_dred_trains_on_generated_levels(tmp_path, one_thread):
     import torch
 

@@ -418,6 +418,7 @@ class UEDTraining:
             returns = play(self.net, self.envs, levels, self.generator)
             metrics[f"{name}/return"] = float(returns.mean())
             metrics[f"{name}/solved_rate"] = float((returns > 0).mean())
+        self._observations = None  # evaluation reset the training environments: start fresh training episodes
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
