@@ -73,6 +73,8 @@ def main() -> int:
     parser.add_argument("--classifier", default="runs/priors/classifier", help="train-classifier run (classifier_acc)")
     parser.add_argument("--clip-norm", type=float, default=1.0,
                         help="clip bound; GIFD's 4 is above every bs-1 update norm of this model (2.4-3.2)")
+    parser.add_argument("--note", default="", help="appended to the results' notes (e.g. other commands that "
+                        "filled the same results.jsonl)")
     parser.add_argument("--runs", default="runs/bench/gradient_inversion")
     parser.add_argument("--out", default="benchmarks/gradient_inversion")
     args = parser.parse_args()
@@ -141,7 +143,8 @@ def main() -> int:
                  "DCGAN on the 3,000 prior images ('indist') or on digits 0-4 of them ('ood', against clients whose "
                  "image is a 5-9). PSNR/SSIM on [0,1] after order matching; classifier_acc: the evaluation "
                  f"classifier ({args.classifier}) on the matched reconstructions; iters_per_s: optimizer steps "
-                 "(GGL: candidate evaluations) per second, one thread; IQM and 95% CIs over target batches.")
+                 "(GGL: candidate evaluations) per second, one thread; IQM and 95% CIs over target batches. "
+                 + args.note)
         write_results(out, "gradient_inversion", command, records, notes=notes)
         print(f"[{number}/{len(cells)}] {task} {method} done", flush=True)
     return 0
