@@ -83,6 +83,8 @@ def test_dlg_reduces_the_gradient_distance_and_idlg_recovers_the_image(mnist):
     assert run(iterations=30)[2]["gradient_loss"] < 0.5 * run(iterations=0)[2]["gradient_loss"]
     reconstructed, labels, _ = run(iterations=30, infer_labels=True)
     assert labels.tolist() == label.tolist() and psnr(reconstructed, image).item() > 15
+    diverged, _, stats = run(iterations=20, lr=1e12)  # L-BFGS blows up: the last finite iterate comes back
+    assert torch.isfinite(diverged).all() and stats["iterations"] < 20
 
 
 # ---- generative priors: GGL and GIFD -----------------------------------------------------------

@@ -44,7 +44,13 @@ def _one_restart(model: nn.Module, target: list[torch.Tensor], batch_size: int, 
     steps = 0
     while steps < config.iterations:
         steps += 1
-        if not torch.isfinite(optimizer.step(closure)):
+        last_good = images.detach().clone(), label_logits.detach().clone()
+        loss = optimizer.step(closure)
+        if not (torch.isfinite(loss) and torch.isfinite(images).all() and torch.isfinite(label_logits).all()):
+            # L-BFGS diverged (e.g. a clipped target gradient): keep the last finite iterate
+            with torch.no_grad():
+                images.copy_(last_good[0])
+                label_logits.copy_(last_good[1])
             break
     gradient = [g.detach() for g in dummy_gradient(model, images, label_target(), defense)]
     final = euclidean_loss(gradient, target).item()
