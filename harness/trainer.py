@@ -280,6 +280,17 @@ def train(
     return Trainer(run, algorithm, config, quiet=quiet, summary_extra={"device": describe(policy)}).fit()
 
 
+def train_cell(spec: MethodSpec, config: TrainConfig, run_dir: str, preset: str, quiet: bool = True) -> dict[str, Any]:
+    """One cell of a benchmark (or demo): ``train`` resuming, returning the summary of a finished run.
+    A run stopped by Ctrl-C ends the whole benchmark (its checkpoint is saved) instead of being
+    counted as a result; the same command continues it."""
+    summary = train(spec, config, run_dir, preset, if_exists="resume", quiet=quiet)
+    if summary["status"] == "interrupted":
+        raise SystemExit(f"interrupted at step {summary['step']}: {run_dir} keeps its checkpoint; run the same "
+                         "command again to continue.")
+    return summary
+
+
 def _require_same_config(spec: MethodSpec, run: RunDir, config: TrainConfig) -> None:
     saved = config_from_dict(spec.config_cls, run.header["config"])
     changed = diff_configs(saved, config)

@@ -25,7 +25,7 @@ from envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels, save_
 from harness.config import build_config
 from harness.report import write_results
 from harness.runs import RunDir
-from harness.trainer import train
+from harness.trainer import train_cell
 from rl.ued.level_vae import SPEC as VAE
 from rl.ued.level_vae import load_level_vae
 from rl.ued.ppo import LEVEL_SETS, METHODS, SPECS, random_blocks_level
@@ -109,7 +109,7 @@ def main() -> int:
     if "dred" in args.methods:
         config = build_config(VAE.config_cls, VAE.presets, "paper", {"total_steps": args.vae_steps,
                                                                      "eval_every": args.vae_steps})
-        vae_summary = train(VAE, config, args.vae_run, "paper", if_exists="resume", quiet=True)
+        vae_summary = train_cell(VAE, config, args.vae_run, "paper")
         vae = load_level_vae(args.vae_run)
         train_levels = load_levels(LEVEL_SETS / "train.npz")
         generated, _ = vae.interpolate(vae.encode_levels(train_levels), train_levels, 2, 4,
@@ -127,7 +127,7 @@ def main() -> int:
             "checkpoint_every": args.eval_every, "eval_limit": args.eval_limit,
             **({"vae_run": args.vae_run} if method == "dred" else {})})
         run_dir = Path(args.runs) / method / f"seed{seed}"
-        summary = train(spec, config, str(run_dir), "quick", if_exists="resume", quiet=True)
+        summary = train_cell(spec, config, str(run_dir), "quick")
         runs[(method, seed)] = RunDir(run_dir)
         for name in SETS:
             records.append({"method": method, "task": f"cave_escape-{name}", "seed": seed, "metrics": {

@@ -17,7 +17,7 @@ from pathlib import Path
 from federated.classifier import SPEC
 from harness.config import build_config
 from harness.report import collect_runs, plot_learning_curves, write_results
-from harness.trainer import train
+from harness.trainer import train_cell
 
 OUT = Path("benchmarks/mnist_classifier")
 
@@ -37,7 +37,7 @@ def main() -> int:
         config = build_config(SPEC.config_cls, SPEC.presets, args.preset,
                               {"seed": seed, "device": args.device, "precision": args.precision})
         run_dir = Path(args.runs) / args.preset / f"seed{seed}"
-        summary = train(SPEC, config, str(run_dir), args.preset, if_exists="resume")
+        summary = train_cell(SPEC, config, str(run_dir), args.preset, quiet=False)
         device = summary.get("device", {})
         print(f"seed {seed}: accuracy {summary['final']['accuracy']:.4f} on {device.get('device')} "
               f"({device.get('precision')}), {summary['throughput']['wall_seconds']:.0f} s")

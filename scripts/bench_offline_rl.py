@@ -36,7 +36,7 @@ from harness.device import make_policy  # noqa: E402
 from harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement  # noqa: E402
 from harness.report import write_results  # noqa: E402
 from harness.runs import RunDir  # noqa: E402
-from harness.trainer import train  # noqa: E402
+from harness.trainer import train_cell  # noqa: E402
 from rl.offline.a2pr import SPEC as A2PR  # noqa: E402
 from rl.offline.datasets import load_dataset  # noqa: E402
 from rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> int:
             "dataset": task, "seed": args.seeds[0], "n_seeds": len(args.seeds), "total_steps": args.steps,
             "eval_every": args.eval_every, "checkpoint_every": args.eval_every})
         run_dir = Path(args.runs) / task / f"{method}-seeds{args.seeds[0]}-{args.seeds[-1]}"
-        summary = train(spec, config, str(run_dir), "paper", if_exists="resume", quiet=True)
+        summary = train_cell(spec, config, str(run_dir), "paper")
         steps, scores = member_scores(RunDir(run_dir), args.seeds)
         curves[(method, task)] = (steps, scores)
         for seed, row in zip(args.seeds, scores):

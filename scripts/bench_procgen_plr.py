@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from harness.config import build_config  # noqa: E402
 from harness.report import write_results  # noqa: E402
 from harness.runs import RunDir  # noqa: E402
-from harness.trainer import train  # noqa: E402
+from harness.trainer import train_cell  # noqa: E402
 from rl.ued.procgen_ppo import SAMPLERS, SPECS  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main() -> int:
         spec = SPECS[f"procgen-{sampler}"]
         config = build_config(spec.config_cls, spec.presets, args.preset, {"seed": seed, "env_name": args.env_name})
         run_dir = Path(args.runs) / sampler / f"seed{seed}"
-        summary = train(spec, config, str(run_dir), args.preset, if_exists="resume", quiet=True)
+        summary = train_cell(spec, config, str(run_dir), args.preset)
         runs[(sampler, seed)] = RunDir(run_dir)
         for split in ("train", "test"):
             records.append({"method": sampler, "task": f"procgen-{args.env_name}-{split}_levels", "seed": seed,

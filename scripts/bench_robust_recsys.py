@@ -23,7 +23,7 @@ from pathlib import Path
 from harness.config import build_config
 from harness.report import write_results
 from harness.runs import RunDir
-from harness.trainer import train
+from harness.trainer import train_cell
 from recsys.train import SPECS
 
 METRICS = ("recall@20", "ndcg@20", "t_hr@50", "t_ndcg@50")
@@ -78,7 +78,7 @@ def main() -> int:
             **overrides, "seed": seed, "model": model, "attack": attack, "user_sample": args.user_sample,
             "total_steps": epochs[model], "eval_every": max(epochs[model] // 4, 1)})
         run_dir = Path(args.runs) / spec.task(config) / f"{defense}-seed{seed}"
-        summary = train(spec, config, str(run_dir), "paper", if_exists="resume", quiet=True)
+        summary = train_cell(spec, config, str(run_dir), "paper")
         records.append(cell_record(defense, seed, summary, RunDir(run_dir)))
         final = summary["final"]
         print(f"[{done}/{len(cells)}] seed {seed} {model} {attack} {defense}: recall@20 {final['recall@20']:.4f} "

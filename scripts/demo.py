@@ -16,7 +16,7 @@ from federated.generative.dcgan import SPEC as PRIOR
 from harness.config import build_config
 from harness.errors import WorkbenchError
 from harness.report import write_report
-from harness.trainer import train
+from harness.trainer import train_cell
 from recsys.train import SPECS as RECSYS
 from rl.offline.a2pr import SPEC as A2PR
 from rl.offline.datasets import local_dataset_path
@@ -123,7 +123,7 @@ def main() -> int:
                 config = build_config(spec.config_cls, spec.presets, args.preset, {**overrides, "seed": seed})
                 run_dir = f"{args.runs}/{spec.name}/{spec.task(config)}/{args.preset}-seed{seed}"
                 start = time.perf_counter()
-                summary = train(spec, config, run_dir, args.preset, if_exists="resume", quiet=args.quiet)
+                summary = train_cell(spec, config, run_dir, args.preset, quiet=args.quiet)
                 metric = summary["main_metric"]
                 print(f"{spec.name} seed {seed}: {metric} {summary['final'][metric]:.4f} "
                       f"({time.perf_counter() - start:.0f} s) -> {run_dir}")

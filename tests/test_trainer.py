@@ -145,3 +145,13 @@ def test_failed_build_leaves_no_run_directory_and_keeps_the_old_run(tmp_path, mo
     with pytest.raises(HarnessError, match="dataset missing"):
         train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper", if_exists="overwrite")
     assert RunDir(tmp_path / "run").is_finished()
+
+
+def test_a_benchmark_cell_stops_the_benchmark_when_its_run_was_interrupted(tmp_path, monkeypatch):
+    import harness.trainer as trainer
+
+    finished = trainer.train_cell(TOY_SPEC, _config(total_steps=20, eval_every=10), str(tmp_path / "a"), "tiny")
+    assert finished["status"] == "finished"
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: {"status": "interrupted", "step": 7})
+    with pytest.raises(SystemExit, match="interrupted at step 7.*run the same command again"):
+        trainer.train_cell(TOY_SPEC, _config(), str(tmp_path / "b"), "tiny")
