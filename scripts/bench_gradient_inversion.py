@@ -49,6 +49,30 @@ def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state:
     return sorted((out / "captures").glob("round*-client*.pt"))
 
 
+def overview_figures(runs: Path, done: dict[tuple, dict], out: Path, images: int = 8) -> None:
+    """Per task: the first ``images`` client images and, one row per attack, their kept reconstructions."""
+    order = ["dlg", "idlg", "ig", "ggl", "gifd"]
+    for task in sorted({task for _, task, _ in done}):
+        rows, originals = {}, []
+        for method in sorted({m for m, t, _ in done if t == task}, key=lambda m: order.index(m) if m in order else 9):
+            kept, count = [], 0
+            for index in range(len(done)):
+                record = done.get((method, task, index))
+                path = runs / "reconstructions" / task / f"{method}-{index:03d}.pt"
+                if record is None or not path.is_file() or count >= images:
+                    break
+                kept.append(torch.load(path)["images"].float())
+                if not rows:  # the originals once per task, from the first attack's targets
+                    originals.append(capture_ground_truth(read_capture(record["capture"]))[0])
+                count += len(kept[-1])
+            if kept:
+                rows[method] = torch.cat(kept)[:images]
+        if rows:
+            shown = min(len(r) for r in rows.values())
+            save_grid({m: r[:shown] for m, r in rows.items()}, torch.cat(originals)[:shown],
+                      out / "overview" / f"{task}.png")
+
+
 def load_done(path: Path) -> dict[tuple, dict]:
     if not path.is_file():
         return {}
@@ -147,6 +171,7 @@ def main() -> int:
                  + args.note)
         write_results(out, "gradient_inversion", command, records, notes=notes)
         print(f"[{number}/{len(cells)}] {task} {method} done", flush=True)
+    overview_figures(runs, done, out)
     return 0
 
 
