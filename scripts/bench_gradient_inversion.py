@@ -44,7 +44,7 @@ def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state:
         rounds = 1 if state == "untrained" else 20
         settings = FLSettings(num_server_rounds=rounds, fraction_train=1.0, mode="fedsgd", batch_size=batch_size,
                               defense=defense, capture_rounds=str(rounds), capture_partitions="all",
-                              output_dir=str(out))
+                              clip_norm=clip_norm, output_dir=str(out))
         simulate(settings, clients, cpus_per_client=1.0)
     return sorted((out / "captures").glob("round*-client*.pt"))
 
@@ -95,8 +95,8 @@ def main() -> int:
     parser.add_argument("--ood-defenses", nargs="+", default=None,
                         help="defenses whose bs-1 cells also run the OOD prior (default: all)")
     parser.add_argument("--classifier", default="runs/priors/classifier", help="train-classifier run (classifier_acc)")
-    parser.add_argument("--clip-norm", type=float, default=1.0,
-                        help="clip bound; GIFD's 4 is above every bs-1 update norm of this model (2.4-3.2)")
+    parser.add_argument("--clip-norm", type=float, default=4.0,
+                        help="clip bound (GIFD's 4; every bs-1 update of the untrained model is below it, 2.4-3.2)")
     parser.add_argument("--note", default="", help="appended to the results' notes (e.g. other commands that "
                         "filled the same results.jsonl)")
     parser.add_argument("--runs", default="runs/bench/gradient_inversion")
