@@ -36,7 +36,8 @@ from harness.report import write_results
 
 def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state: str, clip_norm: float) -> list[Path]:
     """The captured updates of one simulation (run once, then reused)."""
-    out = runs / "captures" / (f"{state}-bs{batch_size}-{defense}" + (f"{clip_norm:g}" if "clip" in defense else ""))
+    out = runs / "captures" / (f"{state}-bs{batch_size}-{defense}" + (f"{clip_norm:g}" if "clip" in defense else "")
+                               + (f"-{clients}clients" if clients != 40 else ""))
     summary = out / "summary.json"
     if not summary.is_file():
         from federated.simulate import simulate
@@ -139,7 +140,7 @@ def main() -> int:
         print(f"[{number}/{len(cells)}] {task} {method}: {len(targets)} target batches", flush=True)
         for index, capture in enumerate(targets):
             key = (method, task, index)
-            if key not in done:
+            if key not in done or done[key]["capture"] != str(capture):  # a newer capture set replaces the old
                 result = run_attack(attack, capture, priors.get(prior), args.preset, seed=index, classifier=classifier)
                 metrics = result["metrics"]
                 row = {"method": method, "task": task, "seed": index, "capture": str(capture),
