@@ -153,6 +153,18 @@ def ppo_losses(logits: torch.Tensor, value: torch.Tensor, data: dict[str, torch.
     return policy_loss, value_loss, dist.entropy().mean()
 
 
+def ppo_step(optimizer: torch.optim.Optimizer, parameters: Any, logits: torch.Tensor, value: torch.Tensor,
+             data: dict[str, torch.Tensor], cfg: Any) -> dict[str, float]:
+    """One PPO gradient step on a minibatch (``cfg``: clip, value_coef, entropy_coef, max_grad_norm)."""
+    policy_loss, value_loss, entropy = ppo_losses(logits, value, data, cfg.clip)
+    loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+    optimizer.step()
+    return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item()}
+
+
 def score_levels(sampler: Any, level_of_step: np.ndarray, advantages: torch.Tensor,
                  finished: list[tuple[int, float]]) -> None:
     """Tell the sampler each played level's value_l1 (mean |GAE advantage| over its steps in this
@@ -358,15 +370,8 @@ class UEDTraining:
                 else:
                     data = {k: rollout[k].flatten(0, 1)[batch] for k in keys}
                     logits, value, _ = self.net(data["images"], data["directions"])
-                policy_loss, value_loss, entropy = ppo_losses(logits, value, data, cfg.clip)
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                stats["policy_loss"] += policy_loss.item()
-                stats["value_loss"] += value_loss.item()
-                stats["entropy"] += entropy.item()
+                for name, number in ppo_step(self.optimizer, self.net.parameters(), logits, value, data, cfg).items():
+                    stats[name] += number
                 count += 1
         return {k: v / count for k, v in stats.items()} | {"episode_return": rollout["episode_return"]}
 

@@ -29,7 +29,7 @@ from harness.config import TrainConfig
 from harness.device import DevicePolicy
 from harness.trainer import MethodSpec
 from rl import RLError
-from rl.ued.ppo import compute_gae, ppo_losses, score_levels
+from rl.ued.ppo import compute_gae, ppo_step, score_levels
 from rl.ued.samplers import PLRConfig, PLRSampler, UniformSampler
 
 SAMPLERS = ("plr", "uniform")
@@ -192,15 +192,8 @@ class ProcgenPLRTraining:
             for batch in order.chunk(cfg.num_minibatches):
                 data = {k: v[batch].to(self.device) for k, v in flat.items()}
                 logits, value = self.net(data["frames"])
-                policy_loss, value_loss, entropy = ppo_losses(logits, value, data, cfg.clip)
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                stats["policy_loss"] += policy_loss.item()
-                stats["value_loss"] += value_loss.item()
-                stats["entropy"] += entropy.item()
+                for name, number in ppo_step(self.optimizer, self.net.parameters(), logits, value, data, cfg).items():
+                    stats[name] += number
                 count += 1
         return {k: v / count for k, v in stats.items()}
 
