@@ -48,6 +48,17 @@ def vectorized_mlp(in_features: int, out_features: int, hidden: int, n_hidden: i
     return nn.Sequential(*layers)
 
 
+def frozen_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` with its weights detached: gradients reach ``x`` but no weight gradient is computed
+    (a backward pass through a net whose optimizer does not step on this loss skips that work)."""
+    for layer in net:
+        if isinstance(layer, VectorizedLinear):
+            x = torch.baddbmm(layer.bias.detach(), x, layer.weight.detach())
+        else:
+            x = layer(x)
+    return x
+
+
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging target ← (1 − τ)·target + τ·source."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from harness.device import DevicePolicy
 from harness.trainer import MethodSpec
-from rl.common.networks import vectorized_mlp
+from rl.common.networks import frozen_forward, vectorized_mlp
 from rl.offline.common import OfflineConfig, task_name
 from rl.offline.datasets import task_family
 from rl.offline.td3bc import TD3BC
@@ -78,14 +78,14 @@ class VAE(nn.Module):
         self.encoder = vectorized_mlp(obs_dim + action_dim, 2 * self.latent_dim, hidden, 2, n_members)
         self.decoder = vectorized_mlp(obs_dim + self.latent_dim, action_dim, hidden, 2, n_members, nn.Tanh())
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        mean, log_std = self.encoder(torch.cat([states, actions], -1)).chunk(2, dim=-1)
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> tuple[torch.Tensor, ...]:
+        """(reconstruction, mean, std). ``frozen``: gradients reach the inputs, not the VAE's weights
+        (the actor step: the official code's stray VAE gradients are cleared before the VAE's own step)."""
+        run = frozen_forward if frozen else (lambda net, x: net(x))
+        mean, log_std = run(self.encoder, torch.cat([states, actions], -1)).chunk(2, dim=-1)
         std = log_std.clamp(-4, 15).exp()
         z = mean + std * torch.randn_like(std)
-        return self.decode(states, z), mean, std
-
-    def decode(self, states: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.max_action * self.decoder(torch.cat([states, z], -1))
+        return self.max_action * run(self.decoder, torch.cat([states, z], -1)), mean, std
 
 
 def advantage_guided_target(actions, recon_pi, q_data, q_recon, value, mask: float):
@@ -149,7 +149,7 @@ class A2PR(TD3BC):
             pi = self.actor(states)
             q_pi = self.critic.q1(states, pi, frozen=True)
             q_term = -(self.q_weight(q_pi) * q_pi).mean(dim=(1, 2))
-            recon_pi, _, _ = self.vae(states, pi)
+            recon_pi, _, _ = self.vae(states, pi, frozen=True)
             with torch.no_grad():
                 q_recon = self.critic.q1(states, recon_pi)
             bc_target, weight = advantage_guided_target(actions, recon_pi, q_data, q_recon, value, cfg.mask)
@@ -158,7 +158,7 @@ class A2PR(TD3BC):
             bc_term = (weight * (pi - bc_target).pow(2)).mean(dim=(1, 2))
             loss = (q_term + bc_term).sum()
             self.actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # also leaves gradients on the critic and VAE; their next update clears them first
+            loss.backward()
             self.actor_optimizer.step()
             self.update_targets()
             metrics |= {"actor_loss": loss.item() / self.n_members, "bc_term": bc_term.mean().item(),
