@@ -16,7 +16,9 @@ checkpoint recorded, and readers ignore a torn final line.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
@@ -285,6 +287,27 @@ def find_runs(roots: list[str | os.PathLike]) -> Iterator[RunDir]:
             continue
         for config in sorted(root.rglob(CONFIG_FILE)):
             yield RunDir(config.parent)
+
+
+@contextlib.contextmanager
+def claim(run_path: str | os.PathLike) -> Iterator[bool]:
+    """Claim a run directory for this process: yields True if no other live process holds it.
+
+    Several copies of one benchmark command can then share its cells: each trains the next cell
+    nobody else holds. The lock (``<run dir>.lock``, an advisory ``flock``) dies with its process,
+    so a killed benchmark never leaves a cell claimed."""
+    path = Path(run_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def command_line() -> str:

@@ -33,9 +33,9 @@ def test_existing_run_is_never_silently_overwritten(tmp_path):
     with pytest.raises(HarnessError, match="already exists.*--resume.*--overwrite"):
         RunDir.create(tmp_path / "run", {"method": "toy"})
     assert RunDir.create(tmp_path / "run", {"method": "toy"}, if_exists="resume").read_metrics()
+    run.close()  # as when its process has ended: an open TensorBoard writer flushes into the folder later
     fresh = RunDir.create(tmp_path / "run", {"method": "toy"}, if_exists="overwrite")
     assert fresh.read_metrics() == []
-    run.close()
 
 
 def test_folder_that_is_not_a_run_is_refused(tmp_path):
@@ -88,3 +88,25 @@ def test_git_commit_marks_dirty_trees_but_not_the_ignored_results_folder(tmp_pat
     assert git_commit(repo, ignore=tmp_path / "elsewhere").endswith("-dirty")  # outside the repository
     monkeypatch.setenv("WORKBENCH_GIT_COMMIT", "abc123")
     assert git_commit(repo) == "abc123"
+
+
+def test_claim_is_exclusive_between_processes_and_released_when_the_holder_dies(tmp_path):
+    import subprocess
+    import sys
+
+    from harness.runs import claim
+
+    run = tmp_path / "cell"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from harness.runs import claim\n"
+        f"with claim({str(run)!r}) as mine:\n"
+        "    print(mine, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        with claim(run) as mine:
+            assert mine is False  # another live process holds it
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim(run) as mine:
+        assert mine is True  # the lock died with its holder
