@@ -2,12 +2,15 @@
 
 Cells are (task, method); each cell is one harness run training all seeds together as batched
 networks (``n_seeds``), so it resumes from its checkpoint when the script is restarted and a
-finished cell is skipped. results.json / README.md are rewritten after every cell, labelled with
-how many cells are done. Per seed: ``normalized_score_last`` (the last evaluation) and
-``normalized_score_best`` (the best evaluation seen); scores use each dataset's stored reference
-returns (``local`` for data built here).
+finished cell is skipped; a cell another copy of the command is training is left to it. Cells run
+medium-replay tasks first (where the paper's gains are largest), each task's methods together.
+results.json / README.md are rewritten after every cell from every finished cell of the grid
+(whichever process trained it), labelled with how many cells are done. Per seed:
+``normalized_score_last`` (the last evaluation) and ``normalized_score_best`` (the best evaluation
+seen); scores use each dataset's stored reference returns (``local`` for data built here).
 
     python scripts/bench_offline_rl.py --steps 20000 --seeds 0 1 2
+    # on a 2-core machine: start the same command twice; the copies share the cells (harness.runs.claim)
     python scripts/bench_offline_rl.py --tasks pointreach-medium --steps 300 --eval-every 100   # smoke test
 
 ``--speed N`` also times N gradient updates of ours (TD3+BC, A2PR; one seed, and ``--batch-seeds``
@@ -35,15 +38,15 @@ from harness.config import build_config  # noqa: E402
 from harness.device import make_policy  # noqa: E402
 from harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement  # noqa: E402
 from harness.report import write_results  # noqa: E402
-from harness.runs import RunDir  # noqa: E402
+from harness.runs import RunDir, claim  # noqa: E402
 from harness.trainer import train_cell  # noqa: E402
 from rl.offline.a2pr import SPEC as A2PR  # noqa: E402
 from rl.offline.datasets import load_dataset  # noqa: E402
 from rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
 
 SPECS = {"a2pr": A2PR, "td3bc": TD3BC}
-TASKS = [f"{env}-{level}" for env in ("hopper", "halfcheetah", "walker2d")
-         for level in ("medium", "medium-replay", "medium-expert")]
+TASKS = [f"{env}-{level}" for level in ("medium-replay", "medium", "medium-expert")
+         for env in ("hopper", "halfcheetah", "walker2d")]
 
 
 def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,29 +132,33 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="device of the speed rows (cpu | cuda)")
     parser.add_argument("--runs", default="runs/bench/offline_rl")
     parser.add_argument("--out", default="benchmarks/offline_rl")
+    parser.add_argument("--note", default="", help="text for the report (e.g. why this step budget)")
     args = parser.parse_args()
     if args.seeds != list(range(args.seeds[0], args.seeds[0] + len(args.seeds))):
         raise SystemExit(f"--seeds {args.seeds}: batched seeds must be consecutive (e.g. 0 1 2)")
     out = Path(args.out)
     command = "python scripts/bench_offline_rl.py " + shlex.join(sys.argv[1:])
     cells = [] if args.speed_only else [(task, method) for task in args.tasks for method in args.methods]
-    records, curves, notes = [], {}, []
-    for done, (task, method) in enumerate(cells, start=1):
-        spec = SPECS[method]
-        config = build_config(spec.config_cls, spec.presets, "paper", {
-            "dataset": task, "seed": args.seeds[0], "n_seeds": len(args.seeds), "total_steps": args.steps,
-            "eval_every": args.eval_every, "checkpoint_every": args.eval_every})
-        run_dir = Path(args.runs) / task / f"{method}-seeds{args.seeds[0]}-{args.seeds[-1]}"
-        summary = train_cell(spec, config, str(run_dir), "paper")
-        steps, scores = member_scores(RunDir(run_dir), args.seeds)
-        curves[(method, task)] = (steps, scores)
-        for seed, row in zip(args.seeds, scores):
-            records.append({"method": method, "task": task, "seed": seed, "metrics": {
-                "normalized_score_last": float(row[-1]), "normalized_score_best": float(row.max())}})
-        source = load_dataset(task).score_source
+    notes: list[str] = [args.note] if args.note else []
+    for task, method in cells:
+        run_dir = cell_dir(args, task, method)
+        with claim(run_dir) as mine:
+            if not mine:
+                print(f"{task} {method}: another process is training it; next cell", flush=True)
+                continue
+            spec = SPECS[method]
+            config = build_config(spec.config_cls, spec.presets, "paper", {
+                "dataset": task, "seed": args.seeds[0], "n_seeds": len(args.seeds), "total_steps": args.steps,
+                "eval_every": args.eval_every, "checkpoint_every": args.eval_every})
+            summary = train_cell(spec, config, str(run_dir), "paper")
+        records, curves = finished_cells(args, cells)
+        done = len(curves)
+        _, scores = curves.get((method, task), (None, np.zeros((0, 0))))
         print(f"[{done}/{len(cells)}] {task} {method}: last {scores[:, -1].round(1).tolist()} "
-              f"({summary['throughput']['steps_per_s']:.1f} steps/s, scores {source})", flush=True)
+              f"({summary['throughput']['steps_per_s']:.1f} steps/s, scores {load_dataset(task).score_source})",
+              flush=True)
         write(out, command, records, curves, args, done, len(cells), notes)
+    records, curves = finished_cells(args, cells)
     if args.speed:
         speed, note = speed_records(args.tasks[0], args.speed, args.batch_seeds, args.device)
         for row in speed:  # one record per (method, task, seed): speed joins the first seed's scores
@@ -164,8 +171,28 @@ def main() -> int:
         notes += [note] if note else []
         notes.append(speed_summary(speed, args))
         print(json.dumps([(r["method"], r["metrics"]) for r in speed]), flush=True)
-        write(out, command, records, curves, args, len(cells), len(cells), notes)
+    if cells or args.speed:
+        write(out, command, records, curves, args, len(curves), len(cells), notes)
     return 0
+
+
+def cell_dir(args, task: str, method: str) -> Path:
+    return Path(args.runs) / task / f"{method}-seeds{args.seeds[0]}-{args.seeds[-1]}"
+
+
+def finished_cells(args, cells: list[tuple[str, str]]) -> tuple[list[dict], dict]:
+    """Records and learning curves of every finished cell with this command's step budget."""
+    records, curves = [], {}
+    for task, method in cells:
+        run = RunDir(cell_dir(args, task, method))
+        if not run.is_finished() or run.header["config"]["total_steps"] != args.steps:
+            continue
+        steps, scores = member_scores(run, args.seeds)
+        curves[(method, task)] = (steps, scores)
+        for seed, row in zip(args.seeds, scores):
+            records.append({"method": method, "task": task, "seed": seed, "metrics": {
+                "normalized_score_last": float(row[-1]), "normalized_score_best": float(row.max())}})
+    return records, curves
 
 
 def speed_summary(speed: list[dict], args) -> str:
