@@ -41,6 +41,23 @@ def build_dataset(
     typer.echo(f"built {name}: {path}")
 
 
+@data_app.command("info")
+def dataset_info(
+    names: Annotated[list[str], typer.Argument(help="built names (hopper-medium) or .hdf5 paths")],
+) -> None:
+    """One table row per dataset: transitions, episodes, behaviour returns and reference returns."""
+    from rl.offline.datasets import describe_hdf5, local_dataset_path
+
+    typer.echo("| dataset | transitions | episodes | return mean [min, max] | normalized mean | random / expert ref |")
+    typer.echo("| --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        path = name if name.endswith((".hdf5", ".h5")) else local_dataset_path(name)
+        d = describe_hdf5(path)
+        typer.echo(f"| {d['name']} | {d['transitions']:,} | {d['episodes']:,} | {d['return_mean']:.0f} "
+                   f"[{d['return_min']:.0f}, {d['return_max']:.0f}] | {d['normalized_return_mean']:.1f} | "
+                   f"{d['ref_min_return']:.0f} / {d['ref_max_return']:.0f} ({d['score_source']}) |")
+
+
 data_app.command("train-behaviour", help="Train SAC behaviour policies: --set env=hopper (resumable run).")(
     train_command(BEHAVIOUR))
 

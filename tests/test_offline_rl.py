@@ -13,6 +13,7 @@ from rl.offline.a2pr import A2PRConfig, advantage_guided_target
 from rl.offline.datasets import (
     D4RL_REFERENCE_RETURNS,
     d4rl_normalized_score,
+    describe_hdf5,
     load_dataset,
     qlearning_arrays,
     read_d4rl_hdf5,
@@ -47,6 +48,18 @@ def test_builder_and_reader_round_trip(tmp_path):
     assert data.ref_min_return < data.ref_max_return
     again = read_d4rl_hdf5(build("pointreach-medium", n_steps=300, path=tmp_path / "pr2.hdf5"))
     assert np.array_equal(again.actions, data.actions)  # deterministic from the seed
+
+
+def test_dataset_description_counts_episodes_ended_by_terminals_or_timeouts(tmp_path):
+    arrays = _arrays(n=8)  # rewards 0..7
+    arrays["timeouts"][2] = True
+    arrays["terminals"][4] = True  # episodes 0-2 (return 3) and 3-4 (7); rows 5-7 are unfinished
+    path = write_d4rl_hdf5(tmp_path / "d.hdf5", arrays, {"name": "toy", "env_id": "workbench/PointReach-v0",
+                                                       "ref_min_return": 0.0, "ref_max_return": 10.0})
+    info = describe_hdf5(path)
+    assert (info["transitions"], info["episodes"]) == (8, 2)
+    assert (info["return_min"], info["return_max"], info["return_mean"]) == (3, 7, 5)
+    assert info["normalized_return_mean"] == pytest.approx(50.0)
 
 
 def test_timeouts_are_not_terminals_and_are_skipped_without_next_observations():

@@ -191,6 +191,26 @@ def read_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Transi
                              source=str(path), metadata=attrs)
 
 
+def describe_hdf5(path: str | os.PathLike) -> dict[str, Any]:
+    """Size and episode returns of a D4RL-format file: what a dataset table reports (D4RL's papers
+    list each dataset's transitions and behaviour returns). Episodes end at a terminal or a
+    timeout; a trailing unfinished episode is left out of the returns."""
+    data = read_d4rl_hdf5(path)  # validates
+    import h5py
+
+    with h5py.File(Path(path).expanduser(), "r") as f:
+        rewards, ends = f["rewards"][()], f["terminals"][()].astype(bool) | f["timeouts"][()].astype(bool)
+    end_rows = np.flatnonzero(ends)
+    returns = np.array([segment.sum() for segment in np.split(rewards, end_rows + 1)[: len(end_rows)]])
+    if not len(returns):
+        returns = np.array([rewards.sum()])
+    return {"name": data.name, "env_id": data.env_id, "transitions": int(len(rewards)), "episodes": int(len(end_rows)),
+            "return_mean": float(returns.mean()), "return_min": float(returns.min()),
+            "return_max": float(returns.max()), "normalized_return_mean": float(data.normalized_score(returns.mean())),
+            "ref_min_return": data.ref_min_return, "ref_max_return": data.ref_max_return,
+            "score_source": data.score_source}
+
+
 def _space_dims(env_id: str) -> tuple[int | None, int | None]:
     """Observation and action sizes of a Gymnasium environment, or (None, None) if it cannot be made."""
     import gymnasium as gym
