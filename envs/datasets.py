@@ -206,3 +206,46 @@ def build(name: str, seed: int = 0, n_steps: int | None = None, path: str | Path
     if level not in LEVELS:
         raise RLError(f"dataset name {name!r} should be <family>-<level> with level one of {', '.join(LEVELS)}.")
     return build_from_behaviour(family, level, n_steps or DEFAULT_STEPS, seed, path)
+
+
+def export_minari(path: str | Path, dataset_id: str) -> str:
+    """Copy a D4RL-format file into a local Minari dataset ``dataset_id`` (under
+    ``$MINARI_DATASETS_PATH``, Minari's default ``~/.minari/datasets``), episodes split at terminals
+    and timeouts, with the file's reference returns as Minari's ``ref_min_score`` / ``ref_max_score``.
+    ``--dataset minari:<dataset_id>`` then reads it back."""
+    import h5py
+
+    from rl.offline.datasets import read_d4rl_hdf5
+
+    try:
+        import minari
+        from minari.data_collector import EpisodeBuffer
+    except ImportError as error:
+        raise RLError("a Minari export needs the minari package: pip install minari.") from error
+    data = read_d4rl_hdf5(path)  # validates the file first
+    with h5py.File(Path(path).expanduser(), "r") as f:
+        arrays = {k: f[k][()] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+        next_observations = f["next_observations"][()] if "next_observations" in f else None
+    if next_observations is None:
+        raise RLError(f"{path} has no next_observations; a Minari episode needs its final observation. "
+                      "Rebuild it with `workbench rl data build`.")
+    ends = np.flatnonzero(arrays["terminals"].astype(bool) | arrays["timeouts"].astype(bool))
+    if not len(ends) or ends[-1] != len(arrays["rewards"]) - 1:
+        ends = np.append(ends, len(arrays["rewards"]) - 1)  # an unfinished last episode ends truncated
+    episodes, start = [], 0
+    for index, end in enumerate(ends):
+        rows = slice(start, end + 1)
+        truncations = arrays["timeouts"][rows].astype(bool)
+        truncations[-1] |= not arrays["terminals"][end]
+        episodes.append(EpisodeBuffer(
+            id=index, observations=np.concatenate([arrays["observations"][rows], next_observations[end:end + 1]]),
+            actions=arrays["actions"][rows], rewards=arrays["rewards"][rows],
+            terminations=arrays["terminals"][rows].astype(bool), truncations=truncations))
+        start = end + 1
+    minari.create_dataset_from_buffers(
+        dataset_id, episodes, env=data.env_id, algorithm_name=str(data.metadata.get("builder", "unknown")),
+        author="workbench", author_email="n/a", code_permalink="workbench envs/datasets.py (export_minari)",
+        ref_min_score=data.ref_min_return, ref_max_score=data.ref_max_return,
+        description=f"{data.name}: exported from {path} (D4RL layout, reference returns {data.score_source})",
+        data_format="hdf5")
+    return dataset_id

@@ -41,6 +41,19 @@ def build_dataset(
     typer.echo(f"built {name}: {path}")
 
 
+@data_app.command("export-minari")
+def export_minari_dataset(
+    name: Annotated[str, typer.Argument(help="a built name (hopper-medium) or a D4RL-format .hdf5 path")],
+    dataset_id: Annotated[str, typer.Option("--id", help="Minari id, e.g. workbench/hopper/medium-v0")],
+) -> None:
+    """Copy a D4RL-format dataset into a local Minari dataset (read back with --dataset minari:ID)."""
+    from envs.datasets import export_minari
+    from rl.offline.datasets import local_dataset_path
+
+    path = name if name.endswith((".hdf5", ".h5")) else local_dataset_path(name)
+    typer.echo(f"exported {name} as Minari dataset {export_minari(path, dataset_id)}")
+
+
 @data_app.command("info")
 def dataset_info(
     names: Annotated[list[str], typer.Argument(help="built names (hopper-medium) or .hdf5 paths")],

@@ -193,3 +193,18 @@ def test_sac_behaviour_export_and_mujoco_style_levels(tmp_path):
     both = read_d4rl_hdf5(build_from_behaviour("pr", "medium-expert", 400, seed=0, path=tmp_path / "me.hdf5",
                                                policies_path=policies))
     assert len(both) == 400 and both.score_source == "local" and both.metadata["expert_step"] == 500
+
+
+def test_minari_export_reads_back_the_same_transitions(tmp_path, monkeypatch):
+    pytest.importorskip("minari")
+    from envs.datasets import export_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    path = build("pointreach-medium", n_steps=300, path=tmp_path / "pr.hdf5")
+    export_minari(path, "workbench/pointreach/medium-v0")
+    ours, theirs = read_d4rl_hdf5(path), load_dataset("minari:workbench/pointreach/medium-v0")
+    assert len(theirs) == len(ours) == 300
+    for key in ("observations", "actions", "rewards", "next_observations", "dones"):
+        assert np.array_equal(getattr(theirs, key), getattr(ours, key)), key
+    assert (theirs.ref_min_return, theirs.ref_max_return) == (ours.ref_min_return, ours.ref_max_return)
+    assert theirs.env_id == ours.env_id
