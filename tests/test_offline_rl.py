@@ -196,7 +196,6 @@ def test_sac_behaviour_export_and_mujoco_style_levels(tmp_path):
 
 
 def test_minari_export_reads_back_the_same_transitions(tmp_path, monkeypatch):
-    pytest.importorskip("minari")
     from envs.datasets import export_minari
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
