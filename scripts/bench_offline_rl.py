@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from harness.config import build_config  # noqa: E402
 from harness.device import make_policy  # noqa: E402
-from harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement  # noqa: E402
+from harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize  # noqa: E402
 from harness.report import write_results  # noqa: E402
 from harness.runs import RunDir, claim  # noqa: E402
 from harness.trainer import train_cell  # noqa: E402
@@ -132,15 +132,17 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="device of the speed rows (cpu | cuda)")
     parser.add_argument("--runs", default="runs/bench/offline_rl")
     parser.add_argument("--out", default="benchmarks/offline_rl")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the finished cells of this command, train nothing")
     parser.add_argument("--note", default="", help="text for the report (e.g. why this step budget)")
     args = parser.parse_args()
     if args.seeds != list(range(args.seeds[0], args.seeds[0] + len(args.seeds))):
         raise SystemExit(f"--seeds {args.seeds}: batched seeds must be consecutive (e.g. 0 1 2)")
     out = Path(args.out)
-    command = "python scripts/bench_offline_rl.py " + shlex.join(sys.argv[1:])
+    command = "python scripts/bench_offline_rl.py " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")
     cells = [] if args.speed_only else [(task, method) for task in args.tasks for method in args.methods]
     notes: list[str] = [args.note] if args.note else []
-    for task, method in cells:
+    for task, method in [] if args.report_only else cells:
         run_dir = cell_dir(args, task, method)
         with claim(run_dir) as mine:
             if not mine:
@@ -238,8 +240,16 @@ def _aggregate_markdown(records: list[dict], methods: list[str]) -> str:
     a = np.array([[by[("a2pr", t, s)] for t in tasks] for s in seeds if ("a2pr", tasks[0], s) in by])
     b = np.array([[by[("td3bc", t, s)] for t in tasks] for s in seeds if ("td3bc", tasks[0], s) in by])
     result = probability_of_improvement(a, b)
-    return (f"P(A2PR > TD3+BC) on the last normalized score, over {len(tasks)} task(s): "
-            f"{result['probability']:.3f} (95% CI [{result['ci95'][0]:.3f}, {result['ci95'][1]:.3f}]).")
+    lines = [f"Aggregate over the {len(tasks)} task(s) both methods finished ({', '.join(tasks)}): IQM of the "
+             "last normalized score over all runs, 95% stratified-bootstrap CI.", "",
+             "| method | runs x tasks | IQM | 95% CI | mean |", "| --- | --- | --- | --- | --- |"]
+    for name, scores in (("a2pr", a), ("td3bc", b)):
+        stats = summarize(scores)
+        lines.append(f"| {name} | {scores.shape[0]} x {scores.shape[1]} | {stats['iqm']:.1f} | "
+                     f"[{stats['iqm_ci95'][0]:.1f}, {stats['iqm_ci95'][1]:.1f}] | {stats['mean']:.1f} |")
+    lines += ["", f"P(A2PR > TD3+BC) on the last normalized score, over {len(tasks)} task(s): "
+              f"{result['probability']:.3f} (95% CI [{result['ci95'][0]:.3f}, {result['ci95'][1]:.3f}])."]
+    return "\n".join(lines)
 
 
 def _plot(curves: dict, path: Path) -> Path | None:
