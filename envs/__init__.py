@@ -5,7 +5,36 @@ Importing ``envs`` registers them (Gymnasium 1.x no longer loads plugins by entr
 code imports it before making environments).
 """
 
+import warnings
+
 import gymnasium as gym
+
+_mujoco_warnings_routed = False
+
+
+class MujocoWarning(RuntimeWarning):
+    """A warning MuJoCo's C library raised (e.g. a deprecated attribute in an environment's XML)."""
+
+
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to Python's ``warnings`` (shown once per message) instead of stderr
+    and a MUJOCO_LOG.TXT written into the working directory on every environment made."""
+    global _mujoco_warnings_routed
+    if _mujoco_warnings_routed:
+        return
+    try:
+        import mujoco
+    except ImportError:
+        return
+    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", MujocoWarning, stacklevel=2))
+    _mujoco_warnings_routed = True
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    """``gymnasium.make`` for the project's own code: plugins registered, MuJoCo warnings routed."""
+    if "-v" in env_id and not env_id.startswith("workbench/"):
+        route_mujoco_warnings()
+    return gym.make(env_id, **kwargs)
 
 
 def register_envs() -> None:

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import envs  # noqa: F401  (registers the project's environments)
+from envs import make_env
 from harness.config import TrainConfig
 from harness.device import DevicePolicy
 from harness.runs import RunDir, atomic_torch_save, read_json
@@ -69,7 +69,7 @@ class BehaviourTraining:
 
         self.config = config
         self.env_id = env_id_for(config.env)
-        env = gym.make(self.env_id)
+        env = make_env(self.env_id)
         if not isinstance(env.action_space, gym.spaces.Box):
             raise RLError(f"env {self.env_id} has {type(env.action_space).__name__} actions; SAC needs a Box.")
         self.model = SAC("MlpPolicy", env, learning_rate=config.lr, buffer_size=min(config.buffer_size,
@@ -175,6 +175,6 @@ def sac_actor_policy(env_id: str, actor_state: dict[str, torch.Tensor], seed: in
     """An SB3 SAC model whose actor holds ``actor_state``; ``predict`` samples from it."""
     from stable_baselines3 import SAC
 
-    model = SAC("MlpPolicy", gym.make(env_id), buffer_size=1, learning_starts=0, seed=seed, device="cpu", verbose=0)
+    model = SAC("MlpPolicy", make_env(env_id), buffer_size=1, learning_starts=0, seed=seed, device="cpu", verbose=0)
     model.policy.actor.load_state_dict({k: v.float() for k, v in actor_state.items()})
     return model

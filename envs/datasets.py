@@ -27,10 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers workbench/PointReach-v0)
+from envs import make_env
 from envs.point_reach import expert_action
 from rl import RLError
 from rl.offline.datasets import LEVELS, local_dataset_path, write_d4rl_hdf5
@@ -40,7 +39,7 @@ Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (observation
 
 def rollout(env_id: str, policy: Policy, n_steps: int, seed: int) -> dict[str, np.ndarray]:
     """Complete episodes of ``policy`` until ``n_steps`` transitions, cut there (as D4RL cut its files)."""
-    env = gym.make(env_id)
+    env = make_env(env_id)
     rng = np.random.default_rng(seed)
     keys = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
     columns: dict[str, list] = {k: [] for k in keys}
@@ -64,7 +63,7 @@ def rollout(env_id: str, policy: Policy, n_steps: int, seed: int) -> dict[str, n
 
 def episode_returns(env_id: str, policy: Policy, episodes: int, seed: int) -> np.ndarray:
     """Undiscounted returns of ``episodes`` episodes reset with seeds seed, seed + 1, ..."""
-    env = gym.make(env_id)
+    env = make_env(env_id)
     rng = np.random.default_rng(seed)
     returns = []
     for episode in range(episodes):
@@ -137,7 +136,7 @@ def deterministic_policy(model) -> Policy:
 
 
 def _uniform_for(env_id: str) -> Policy:
-    space = gym.make(env_id).action_space
+    space = make_env(env_id).action_space
 
     def act(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(space.low, space.high).astype(np.float32)

@@ -207,3 +207,12 @@ def test_minari_export_reads_back_the_same_transitions(tmp_path, monkeypatch):
         assert np.array_equal(getattr(theirs, key), getattr(ours, key)), key
     assert (theirs.ref_min_return, theirs.ref_max_return) == (ours.ref_min_return, ours.ref_max_return)
     assert theirs.env_id == ours.env_id
+
+
+def test_mujoco_warnings_become_python_warnings_not_a_log_file(tmp_path, monkeypatch):
+    from envs import MujocoWarning, make_env
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(MujocoWarning, match="settotalmass"):  # Gymnasium's HalfCheetah-v5 XML uses it
+        make_env("HalfCheetah-v5").close()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import envs  # noqa: F401  (registers the project's environments)
+from envs import make_env
 from harness.config import TrainConfig
 from harness.device import DevicePolicy
 from rl import RLError
@@ -86,7 +86,7 @@ class OfflineAlgorithm:
         self.config, self.device, self.policy = config, policy.device, policy
         self.data = load_dataset(config.dataset, config.env or None)
         self.env_id = config.env or self.data.env_id
-        env = gym.make(self.env_id)
+        env = make_env(self.env_id)
         if not isinstance(env.action_space, gym.spaces.Box):
             raise RLError(f"{self.env_id} has a {type(env.action_space).__name__} action space; TD3+BC and A2PR "
                           "need continuous (Box) actions.")
@@ -110,7 +110,7 @@ class OfflineAlgorithm:
         """(members, episodes) undiscounted returns of the deterministic policy, all members stepped together."""
         cfg, members = self.config, self.n_members
         n_envs = members * cfg.eval_episodes
-        vector_env = gym.vector.SyncVectorEnv([lambda: gym.make(self.env_id) for _ in range(n_envs)])
+        vector_env = gym.vector.SyncVectorEnv([lambda: make_env(self.env_id) for _ in range(n_envs)])
         seeds = [cfg.seed + cfg.eval_seed_offset + i for i in range(cfg.eval_episodes)] * members
         observations, _ = vector_env.reset(seed=seeds)
         returns = np.zeros(n_envs)
