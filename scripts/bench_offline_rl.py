@@ -45,6 +45,7 @@ from rl.offline.datasets import load_dataset  # noqa: E402
 from rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
 
 SPECS = {"a2pr": A2PR, "td3bc": TD3BC}
+METHOD_COLORS = {"a2pr": "C0", "td3bc": "C1"}
 TASKS = [f"{env}-{level}" for level in ("medium-replay", "medium", "medium-expert")
          for env in ("hopper", "halfcheetah", "walker2d")]
 
@@ -261,8 +262,9 @@ def _plot(curves: dict, path: Path) -> Path | None:
         for (method, t), (steps, scores) in sorted(curves.items()):
             if t == task:
                 mean, low, high = mean_and_ci_over_seeds(scores)
-                ax.plot(steps, mean, label=f"{method} (n={len(scores)})")
-                ax.fill_between(steps, low, high, alpha=0.25)
+                color = METHOD_COLORS.get(method)  # the same colour for a method in every panel
+                ax.plot(steps, mean, label=f"{method} (n={len(scores)})", color=color, marker="o")
+                ax.fill_between(steps, low, high, alpha=0.25, color=color)
         ax.set_title(task)
         ax.set_xlabel("gradient step")
         ax.set_ylabel("normalized score")
