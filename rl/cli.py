@@ -48,9 +48,9 @@ def export_minari_dataset(
 ) -> None:
     """Copy a D4RL-format dataset into a local Minari dataset (read back with --dataset minari:ID)."""
     from envs.datasets import export_minari
-    from rl.offline.datasets import local_dataset_path
+    from rl.offline.datasets import dataset_file
 
-    path = name if name.endswith((".hdf5", ".h5")) else local_dataset_path(name)
+    path = dataset_file(name)
     typer.echo(f"exported {name} as Minari dataset {export_minari(path, dataset_id)}")
 
 
@@ -59,13 +59,12 @@ def dataset_info(
     names: Annotated[list[str], typer.Argument(help="built names (hopper-medium) or .hdf5 paths")],
 ) -> None:
     """One table row per dataset: transitions, episodes, behaviour returns and reference returns."""
-    from rl.offline.datasets import describe_hdf5, local_dataset_path
+    from rl.offline.datasets import dataset_file, describe_hdf5
 
     typer.echo("| dataset | transitions | episodes | return mean [min, max] | normalized mean | random / expert ref |")
     typer.echo("| --- | --- | --- | --- | --- | --- |")
     for name in names:
-        path = name if name.endswith((".hdf5", ".h5")) else local_dataset_path(name)
-        d = describe_hdf5(path)
+        d = describe_hdf5(dataset_file(name))
         typer.echo(f"| {d['name']} | {d['transitions']:,} | {d['episodes']:,} | {d['return_mean']:.0f} "
                    f"[{d['return_min']:.0f}, {d['return_max']:.0f}] | {d['normalized_return_mean']:.1f} | "
                    f"{d['ref_min_return']:.0f} / {d['ref_max_return']:.0f} ({d['score_source']}) |")

@@ -290,10 +290,15 @@ def load_dataset(spec: str, env_id: str | None = None) -> TransitionDataset:
         return read_minari(spec.removeprefix("minari:"))
     if spec.startswith("d4rl:"):
         return read_d4rl(spec.removeprefix("d4rl:"), env_id)
+    return read_d4rl_hdf5(dataset_file(spec), env_id)
+
+
+def dataset_file(spec: str) -> Path:
+    """The HDF5 file of ``path/to/file.hdf5`` or of a locally built name (which must be built)."""
     if spec.endswith((".hdf5", ".h5")) or os.sep in spec:
-        return read_d4rl_hdf5(spec, env_id)
+        return Path(spec)
     path = local_dataset_path(spec)
     if not path.is_file():
         raise RLError(f"dataset {spec!r} is not built yet ({path} missing): run `workbench rl data build {spec}`, or "
                       "pass a .hdf5 path, minari:<id> or d4rl:<name>.")
-    return read_d4rl_hdf5(path, env_id)
+    return path
