@@ -216,3 +216,18 @@ def test_mujoco_warnings_become_python_warnings_not_a_log_file(tmp_path, monkeyp
     with pytest.warns(MujocoWarning, match="settotalmass"):  # Gymnasium's HalfCheetah-v5 XML uses it
         make_env("HalfCheetah-v5").close()
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_reading_mujoco_data_routes_mujoco_warnings_too(tmp_path, monkeypatch):
+    import mujoco
+
+    import envs
+
+    monkeypatch.setattr(envs, "_mujoco_warnings_routed", False)  # as in a fresh process
+    mujoco.set_mju_user_warning(None)
+    monkeypatch.chdir(tmp_path)
+    path = write_d4rl_hdf5(tmp_path / "hc.hdf5", _arrays(obs_dim=17, act_dim=6),
+                           {"name": "halfcheetah-medium", "env_id": "HalfCheetah-v5"})
+    with pytest.warns(envs.MujocoWarning):
+        assert len(read_d4rl_hdf5(path)) == 5  # the last row has no next observation
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

@@ -213,12 +213,10 @@ def describe_hdf5(path: str | os.PathLike) -> dict[str, Any]:
 
 def _space_dims(env_id: str) -> tuple[int | None, int | None]:
     """Observation and action sizes of a Gymnasium environment, or (None, None) if it cannot be made."""
-    import gymnasium as gym
-
-    import envs  # noqa: F401  (registers the project's environments)
+    from envs import make_env
 
     try:
-        env = gym.make(env_id)
+        env = make_env(env_id)
     except Exception:  # validation is best effort; training fails loudly later if the env is missing
         return None, None
     try:
