@@ -118,6 +118,45 @@ def build_levels(
 app.add_typer(levels_app, name="levels")
 
 
+@app.command("drift")
+def policy_drift(
+    run_dirs: Annotated[list[str], typer.Argument(help="`workbench rl train td3bc|a2pr` run directories")],
+    states: Annotated[int, typer.Option(help="dataset states to compare on (the same for every run)")] = 4096,
+) -> None:
+    """Per seed of trained offline runs: distance of the policy's actions from the data's and the
+    value the critic believes the policy gains over them (why a seed collapsed, if one did)."""
+    from harness.config import config_from_dict
+    from harness.device import make_policy
+    from harness.runs import RunDir
+    from rl import RLError
+
+    specs = {spec.name: spec for spec in (TD3BC, A2PR)}
+    runs = [RunDir(run_dir) for run_dir in run_dirs]
+    for run in runs:
+        method = run.header.get("method") if run.exists() else None
+        if method not in specs:
+            raise RLError(f"{run.path} is not a td3bc or a2pr run directory (method: {method}); pass the "
+                          "folder `workbench rl train td3bc|a2pr` wrote.")
+    typer.echo("| run | seed | last normalized score | action MSE to data | Q1(s, a) | Q1(s, pi) - Q1(s, a) "
+               "| actions at the bound |")
+    typer.echo("| --- | --- | --- | --- | --- | --- | --- |")
+    for run in runs:
+        method = run.header["method"]
+        spec = specs[method]
+        config = config_from_dict(spec.config_cls, run.header["config"])
+        algorithm = spec.build(config, make_policy("cpu", "fp32"))
+        state = run.last_algorithm_state("checkpoint", f"train it with `workbench rl train {method}`.")
+        algorithm.load_state_dict(state)
+        drift = algorithm.policy_drift(n_states=states)
+        last_eval = (run.read_metrics("eval") or [{}])[-1]
+        for k in range(config.n_seeds):
+            key = "normalized_score" if config.n_seeds == 1 else f"normalized_score/seed{config.seed + k}"
+            score = f"{last_eval[key]:.1f}" if key in last_eval else "-"
+            typer.echo(f"| {run.header.get('task', run.path.name)} {method} | {config.seed + k} | {score} | "
+                       f"{drift['action_mse'][k]:.3f} | {drift['q_data'][k]:.1f} | {drift['q_gain'][k]:+.2f} | "
+                       f"{100 * drift['saturated_fraction'][k]:.1f}% |")
+
+
 @app.command("eval")
 def evaluate_student(
     run_dir: Annotated[str, typer.Argument(help="a `workbench rl train dr|uniform|plr|dred` run directory")],

@@ -172,6 +172,18 @@ def test_batched_seeds_report_each_member(tmp_path):
     assert summary["final"]["normalized_score"] == pytest.approx(np.mean(scores))
     assert len(set(scores)) == 3  # independent initializations
 
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    result = CliRunner().invoke(app, ["rl", "drift", str(tmp_path / "run"), "--states", "64"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("|")[1:-1] for line in result.output.splitlines() if "td3bc |" in line]
+    assert [int(row[1]) for row in rows] == [4, 5, 6]
+    assert [float(row[2]) for row in rows] == pytest.approx(scores, abs=0.05)  # the member's own score
+    bad = CliRunner().invoke(app, ["rl", "drift", str(tmp_path)])
+    assert isinstance(bad.exception, RLError) and "not a td3bc or a2pr run" in str(bad.exception)
+
 
 def test_sac_behaviour_export_and_mujoco_style_levels(tmp_path):
     from envs.behaviour import SPEC as BEHAVIOUR
@@ -231,3 +243,20 @@ def test_reading_mujoco_data_routes_mujoco_warnings_too(tmp_path, monkeypatch):
     with pytest.warns(envs.MujocoWarning):
         assert len(read_d4rl_hdf5(path)) == 5  # the last row has no next observation
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_policy_drift_shrinks_as_the_policy_clones_the_data(tmp_path):
+    path = build("pointreach-expert", n_steps=2000, path=tmp_path / "expert.hdf5")  # a deterministic expert
+    config = build_config(TD3BC_SPEC.config_cls, TD3BC_SPEC.presets, "tiny", {
+        **{k: v for k, v in SMALL.items() if k != "vae_hidden"}, "dataset": str(path), "n_seeds": 2,
+        "alpha": 0.0, "policy_freq": 1})  # alpha 0: pure behaviour cloning
+    torch.manual_seed(0)
+    algorithm = TD3BC_SPEC.build(config, make_policy("cpu", "fp32"))
+    before = algorithm.policy_drift(n_states=512)
+    assert set(before) == {"action_mse", "q_data", "q_gain", "saturated_fraction"}
+    assert all(value.shape == (2,) for value in before.values())
+    for _ in range(300):
+        algorithm.update()
+    after = algorithm.policy_drift(n_states=512)
+    assert (after["action_mse"] < 0.25 * before["action_mse"]).all(), (before, after)
+    assert np.array_equal(algorithm.policy_drift(n_states=512)["action_mse"], after["action_mse"])  # same states

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,6 +130,25 @@ class TD3BC(OfflineAlgorithm):
             self.update_targets()
             metrics |= {"actor_loss": loss.item() / self.n_members, "bc_mse": bc_term.mean().item()}
         return metrics
+
+    # -- diagnosis --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def policy_drift(self, n_states: int = 4096, seed: int = 0) -> dict[str, np.ndarray]:
+        """Per member, on the same ``n_states`` dataset states: how far the policy's actions are from
+        the data's (``action_mse``), the critic's value of the data's actions (``q_data``) and what it
+        believes the policy gains over them (``q_gain`` = Q1(s, π(s)) − Q1(s, a)), and the fraction of
+        action dimensions at the bounds. A policy far from the data with a large believed gain is the
+        extrapolation error the behaviour-cloning term exists to hold back."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)  # leaves training's stream alone
+        index = torch.randint(self.sampler.size, (n_states,), generator=generator, device=self.device)
+        states = self.sampler.observations[index].expand(self.n_members, -1, -1)
+        actions = self.sampler.actions[index].expand(self.n_members, -1, -1)
+        pi = self.actor(states)
+        q_data, q_pi = self.critic.q1(states, actions), self.critic.q1(states, pi)
+        per_member = {"action_mse": (pi - actions).pow(2).mean(dim=(1, 2)), "q_data": q_data.mean(dim=(1, 2)),
+                      "q_gain": (q_pi - q_data).mean(dim=(1, 2)),
+                      "saturated_fraction": (pi.abs() >= 0.99 * self.max_action).float().mean(dim=(1, 2))}
+        return {name: value.cpu().numpy() for name, value in per_member.items()}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
