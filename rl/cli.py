@@ -121,7 +121,7 @@ app.add_typer(levels_app, name="levels")
 @app.command("drift")
 def policy_drift(
     run_dirs: Annotated[list[str], typer.Argument(help="`workbench rl train td3bc|a2pr` run directories")],
-    states: Annotated[int, typer.Option(help="dataset states to compare on (the same for every run)")] = 4096,
+    states: Annotated[int, typer.Option(min=1, help="dataset states to compare on (the same for every run)")] = 4096,
 ) -> None:
     """Per seed of trained offline runs: distance of the policy's actions from the data's and the
     value the critic believes the policy gains over them (why a seed collapsed, if one did)."""
