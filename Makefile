@@ -34,7 +34,7 @@ bench: $(STAMP)
 # Rewrite the lock from the current venv (after changing dependencies in pyproject.toml).
 lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|workbench)==' > requirements.lock
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|grp[-_]workbench)==' > requirements.lock
 
 # procgen has no wheel for Python >= 3.11: install the procgen-mirror wheel and gym3 without their
 # stale pins (numpy<2), and their real dependencies from the `procgen` extra.

@@ -1,8 +1,8 @@
 """Gymnasium environment plugins.
 
-Importing ``envs`` registers them (Gymnasium 1.x no longer loads plugins by entry point, so
-``gymnasium.make("envs:workbench/PointReach-v0")`` imports this package first, and the project's own
-code imports it before making environments).
+Importing ``grp_workbench.envs`` registers them (Gymnasium 1.x no longer loads plugins by entry
+point, so ``gymnasium.make("grp_workbench.envs:workbench/PointReach-v0")`` imports this package first,
+and the project's own code imports it before making environments).
 """
 
 import warnings
@@ -39,11 +39,12 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
 
 def register_envs() -> None:
     if "workbench/PointReach-v0" not in gym.registry:
-        gym.register("workbench/PointReach-v0", entry_point="envs.point_reach:PointReachEnv", max_episode_steps=50)
+        gym.register("workbench/PointReach-v0", entry_point="grp_workbench.envs.point_reach:PointReachEnv",
+                     max_episode_steps=50)
     if "workbench/CaveEscape-v0" not in gym.registry:
-        gym.register("workbench/CaveEscape-v0", entry_point="envs.cave_escape:CaveEscapeEnv")
+        gym.register("workbench/CaveEscape-v0", entry_point="grp_workbench.envs.cave_escape:CaveEscapeEnv")
     if "workbench/Procgen-v0" not in gym.registry:  # needs `make procgen`
-        gym.register("workbench/Procgen-v0", entry_point="envs.procgen_env:ProcgenLevelEnv")
+        gym.register("workbench/Procgen-v0", entry_point="grp_workbench.envs.procgen_env:ProcgenLevelEnv")
 
 
 register_envs()

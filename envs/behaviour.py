@@ -27,13 +27,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import make_env
-from harness.config import TrainConfig
-from harness.device import DevicePolicy
-from harness.runs import RunDir, atomic_torch_save, read_json
-from harness.trainer import MethodSpec
-from rl import RLError
-from rl.offline.datasets import GYMNASIUM_ENV_IDS
+from grp_workbench.envs import make_env
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.runs import RunDir, atomic_torch_save, read_json
+from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.rl import RLError
+from grp_workbench.rl.offline.datasets import GYMNASIUM_ENV_IDS
 
 POLICY_DIR = Path(__file__).resolve().parent / "behaviour_policies"
 
@@ -85,7 +85,7 @@ class BehaviourTraining:
         return metrics | {"steps": self.model.num_timesteps - before}
 
     def evaluate(self) -> dict[str, float]:
-        from envs.datasets import deterministic_policy, episode_returns
+        from grp_workbench.envs.datasets import deterministic_policy, episode_returns
 
         returns = episode_returns(self.env_id, deterministic_policy(self.model), self.config.eval_episodes, seed=10_000)
         actor = {k: v.detach().cpu().clone() for k, v in self.model.policy.actor.state_dict().items()}

@@ -17,8 +17,8 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Floor, Goal, Lava, Wall
 from minigrid.minigrid_env import MiniGridEnv
 
-from envs.levels import LAVA, MOSS, WALL, Level
-from rl import RLError
+from grp_workbench.envs.levels import LAVA, MOSS, WALL, Level
+from grp_workbench.rl import RLError
 
 
 class CaveEscapeEnv(MiniGridEnv):

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from envs import make_env
-from envs.point_reach import expert_action
-from rl import RLError
-from rl.offline.datasets import LEVELS, local_dataset_path, write_d4rl_hdf5
+from grp_workbench.envs import make_env
+from grp_workbench.envs.point_reach import expert_action
+from grp_workbench.rl import RLError
+from grp_workbench.rl.offline.datasets import LEVELS, local_dataset_path, write_d4rl_hdf5
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (observation, rng) -> action
 
@@ -112,7 +112,7 @@ def build_point_reach(level: str, n_steps: int = 20_000, seed: int = 0, path: st
         raise RLError(f"pointreach level {level!r} is not one of random, medium, expert, medium-expert.")
     name = f"pointreach-{level}"
     attrs = {
-        "name": name, "env_id": POINT_REACH, "builder": "envs.datasets.build_point_reach", "seed": seed,
+        "name": name, "env_id": POINT_REACH, "builder": "grp_workbench.envs.datasets.build_point_reach", "seed": seed,
         "score_source": "local",
         "ref_min_return": average_return(POINT_REACH, _uniform, 100, seed=10_000),
         "ref_max_return": average_return(POINT_REACH, _expert, 100, seed=10_000),
@@ -150,8 +150,8 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path: str | Path | None = None,
                          policies_path: str | Path | None = None) -> Path:
-    from envs.behaviour import load_behaviour_policies, sac_actor_policy
-    from harness.seeding import seed_everything
+    from grp_workbench.envs.behaviour import load_behaviour_policies, sac_actor_policy
+    from grp_workbench.harness.seeding import seed_everything
 
     seed_everything(seed)  # SB3 samples actions from torch's global generator
     behaviour = load_behaviour_policies(family, policies_path)
@@ -184,7 +184,7 @@ def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path:
         raise RLError(f"level {level!r} is not one of {', '.join(LEVELS)}.")
     expert_model = sac_actor_policy(env_id, behaviour["expert"]["actor"], seed)
     attrs = {
-        "name": f"{family}-{level}", "env_id": env_id, "builder": "envs.datasets.build_from_behaviour",
+        "name": f"{family}-{level}", "env_id": env_id, "builder": "grp_workbench.envs.datasets.build_from_behaviour",
         "seed": seed, "score_source": "local",
         "ref_min_return": average_return(env_id, uniform, 100, seed=10_000),
         "ref_max_return": average_return(env_id, deterministic_policy(expert_model), 10, seed=10_000),
@@ -214,7 +214,7 @@ def export_minari(path: str | Path, dataset_id: str) -> str:
     ``--dataset minari:<dataset_id>`` then reads it back."""
     import h5py
 
-    from rl.offline.datasets import read_d4rl_hdf5
+    from grp_workbench.rl.offline.datasets import read_d4rl_hdf5
 
     try:
         import minari

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data import find_dataset_dir
-from rl import RLError
+from grp_workbench.harness.data import find_dataset_dir
+from grp_workbench.rl import RLError
 
 EMPTY, WALL, LAVA, MOSS = 0, 1, 2, 3
 CELL_NAMES = ("empty", "wall", "lava", "moss")
@@ -235,7 +235,7 @@ def level_image(level: Level) -> np.ndarray:
 
 def save_level_picture(rows: dict[str, list[Level]], path: str | Path, per_row: int = 8) -> Path:
     """A figure with one row of levels per label (e.g. training levels beside generated ones)."""
-    from harness.report import plot_image_grid
+    from grp_workbench.harness.report import plot_image_grid
 
     rows = {label: levels[:per_row] for label, levels in rows.items()}
     return plot_image_grid({label: [level_image(lv) for lv in levels] for label, levels in rows.items()}, path,

@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rl import RLError
+from grp_workbench.rl import RLError
 
 DISTRIBUTION_MODES = ("easy", "hard", "extreme", "memory", "exploration")
 

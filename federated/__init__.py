@@ -1,6 +1,6 @@
 """Federated learning security: Flower simulations, gradient inversion, defenses, generative unlearning."""
 
-from harness.errors import WorkbenchError
+from grp_workbench.harness.errors import WorkbenchError
 
 
 class FederatedError(WorkbenchError):

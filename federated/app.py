@@ -29,13 +29,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from federated import FederatedError
-from federated.data import ImageDataset, load_mnist
-from federated.defenses import defend
-from federated.models import SmallCNN
-from federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
-from harness.config import apply_overrides
-from harness.runs import atomic_torch_save, atomic_write_json
+from grp_workbench.federated import FederatedError
+from grp_workbench.federated.data import ImageDataset, load_mnist
+from grp_workbench.federated.defenses import defend
+from grp_workbench.federated.models import SmallCNN
+from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
+from grp_workbench.harness.config import apply_overrides
+from grp_workbench.harness.runs import atomic_torch_save, atomic_write_json
 
 SETTINGS_ENV = "WORKBENCH_FL_SETTINGS"
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from federated import FederatedError
-from federated.app import client_partitions, make_model, mnist_with_roles, read_capture
-from federated.attacks import dlg, ggl, gifd
-from federated.attacks import inverting_gradients as ig
-from federated.metrics import match_order, reconstruction_metrics
-from federated.partition import client_batch
-from harness.config import apply_overrides
+from grp_workbench.federated import FederatedError
+from grp_workbench.federated.app import client_partitions, make_model, mnist_with_roles, read_capture
+from grp_workbench.federated.attacks import dlg, ggl, gifd
+from grp_workbench.federated.attacks import inverting_gradients as ig
+from grp_workbench.federated.metrics import match_order, reconstruction_metrics
+from grp_workbench.federated.partition import client_batch
+from grp_workbench.harness.config import apply_overrides
 
 ATTACKS = ("dlg", "idlg", "ig", "ggl", "gifd")
 GENERATIVE = ("ggl", "gifd")
@@ -64,8 +64,8 @@ def victim_model(record: dict[str, Any]) -> torch.nn.Module:
 
 def load_classifier(run_dir: str | Path) -> torch.nn.Module:
     """The evaluation classifier of a ``workbench federated train-classifier`` run, frozen."""
-    from federated.models import SmallCNN
-    from harness.runs import RunDir
+    from grp_workbench.federated.models import SmallCNN
+    from grp_workbench.harness.runs import RunDir
 
     run = RunDir(run_dir)
     state = run.last_algorithm_state("trained classifier", "train one with `workbench federated train-classifier "
@@ -120,7 +120,7 @@ def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = N
 
 def save_grid(rows: dict[str, torch.Tensor], originals: torch.Tensor, path: str | Path) -> Path:
     """A figure: originals on top, one row of (order-matched) reconstructions per attack."""
-    from harness.report import plot_image_grid
+    from grp_workbench.harness.report import plot_image_grid
 
     batches = {"original": originals, **rows}
     return plot_image_grid({name: [image[0].detach().cpu().numpy() for image in images]

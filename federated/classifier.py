@@ -14,13 +14,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from federated import FederatedError
-from federated.data import load_mnist, stratified_split
-from federated.models import SmallCNN
-from harness.config import TrainConfig
-from harness.data import EpochSampler, find_dataset_dir
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
+from grp_workbench.federated import FederatedError
+from grp_workbench.federated.data import load_mnist, stratified_split
+from grp_workbench.federated.models import SmallCNN
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.data import EpochSampler, find_dataset_dir
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
 
 
 @dataclass

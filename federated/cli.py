@@ -5,10 +5,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from federated.classifier import SPEC as CLASSIFIER
-from federated.generative.dcgan import SPEC as PRIOR
-from harness.cli import train_command
-from harness.config import parse_overrides
+from grp_workbench.federated.classifier import SPEC as CLASSIFIER
+from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
+from grp_workbench.harness.cli import train_command
+from grp_workbench.harness.config import parse_overrides
 
 app = typer.Typer(help="Federated learning security: the task model, Flower simulations, attacks, defenses.",
                   no_args_is_help=True)
@@ -24,8 +24,8 @@ def simulate_command(
     cpus_per_client: Annotated[float, typer.Option(help="Ray CPUs per client actor")] = 1.0,
 ) -> None:
     """Run the Flower app (federated/app.py) in Flower's simulation engine; the server records updates."""
-    from federated.app import FLSettings
-    from federated.simulate import simulate
+    from grp_workbench.federated.app import FLSettings
+    from grp_workbench.federated.simulate import simulate
 
     settings = FLSettings.from_run_config(parse_overrides(overrides))
     summary = simulate(settings, clients, cpus_per_client)
@@ -47,9 +47,9 @@ def attack_command(
     overrides: Annotated[list[str], typer.Option("--set", help="attack setting key=value, repeatable")] = [],  # noqa: B006
 ) -> None:
     """Invert captured FedSGD updates; PSNR / SSIM / label accuracy against the recomputed client batch."""
-    from federated.attack import load_classifier, run_attack, save_grid
-    from federated.generative.dcgan import load_generator
-    from harness.runs import atomic_write_json
+    from grp_workbench.federated.attack import load_classifier, run_attack, save_grid
+    from grp_workbench.federated.generative.dcgan import load_generator
+    from grp_workbench.harness.runs import atomic_write_json
 
     generator = load_generator(prior) if prior else None
     evaluator = load_classifier(classifier) if classifier else None

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from federated import FederatedError
-from harness.data import find_dataset_dir
+from grp_workbench.federated import FederatedError
+from grp_workbench.harness.data import find_dataset_dir
 
 # The official split names; the 10k test split is what ../shared/datasets/mnist ships.
 MNIST_FILES = {

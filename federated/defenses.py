@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from federated import FederatedError
+from grp_workbench.federated import FederatedError
 
 DEFENSES = ("none", "noise", "clip", "clip+noise", "prune")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from federated import FederatedError
+from grp_workbench.federated import FederatedError
 
 ROLE_SIZES = {"server_test": 1000, "prior": 3000}
 

@@ -1,7 +1,7 @@
 """Run the Flower app in Flower's simulation engine from Python (Ray backend, all in this machine).
 
-    from federated.app import FLSettings
-    from federated.simulate import simulate
+    from grp_workbench.federated.app import FLSettings
+    from grp_workbench.federated.simulate import simulate
     summary = simulate(FLSettings(num_server_rounds=3, fraction_train=0.1), num_clients=100)
 
 The same app runs with ``flwr run`` on a local-simulation federation or on the deployment engine
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from federated.app import SETTINGS_ENV, FLSettings, client_app, server_app
+from grp_workbench.federated.app import SETTINGS_ENV, FLSettings, client_app, server_app
 
 
 def simulate(settings: FLSettings, num_clients: int, cpus_per_client: float = 1.0,

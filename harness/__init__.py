@@ -4,6 +4,6 @@ Nothing here knows about a particular method; methods plug in through the small 
 protocol in ``harness.trainer``.
 """
 
-from harness.errors import HarnessError, WorkbenchError
+from grp_workbench.harness.errors import HarnessError, WorkbenchError
 
 __all__ = ["HarnessError", "WorkbenchError"]

@@ -1,8 +1,8 @@
 """``workbench``: one command line for every domain.
 
 Top-level verbs (``runs``, ``report``, ``info``) live here; each domain package mounts its own group
-(``workbench federated ...``, later ``rl`` and ``recsys``) through the ``workbench.cli`` entry
-point group in pyproject.toml, so this file never imports a method. ``train_command(spec)`` turns
+(``workbench federated ...``, later ``rl`` and ``recsys``) through the ``grp_workbench.cli``
+entry point group in pyproject.toml, so this file never imports a method. ``train_command(spec)`` turns
 a method's ``MethodSpec`` into a ``train`` command with the options every method shares.
 """
 
@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from harness.config import build_config, parse_overrides
-from harness.errors import WorkbenchError
-from harness.trainer import MethodSpec, train
+from grp_workbench.harness.config import build_config, parse_overrides
+from grp_workbench.harness.errors import WorkbenchError
+from grp_workbench.harness.trainer import MethodSpec, train
 
 app = typer.Typer(
     name="workbench",
@@ -86,7 +86,7 @@ def runs(
     root: Annotated[Optional[list[Path]], typer.Argument(help="folders to search (default: runs/)")] = None,
 ) -> None:
     """List run directories with method, task, seed, status and the last main metric."""
-    from harness.runs import find_runs
+    from grp_workbench.harness.runs import find_runs
 
     found = list(find_runs(root or [RUNS_ROOT])) if (root or RUNS_ROOT.exists()) else []
     if not found:
@@ -109,7 +109,7 @@ def report(
     title: Annotated[str, typer.Option(help="report title")] = "workbench report",
 ) -> None:
     """Write a markdown report (IQM ± 95% CI tables, learning curves, bar charts) for finished runs."""
-    from harness.report import write_report
+    from grp_workbench.harness.report import write_report
 
     path = write_report(run_dirs, out, metrics=metric, title=title)
     typer.echo(f"report written to {path}")
@@ -119,15 +119,15 @@ def report(
 def info(device: Annotated[str, typer.Option(help="device to resolve")] = "auto",
          precision: Annotated[str, typer.Option(help="precision to resolve")] = "auto") -> None:
     """Show the device and precision a run would use, and the versions that matter."""
-    from harness.device import describe, make_policy
-    from harness.runs import machine_info
+    from grp_workbench.harness.device import describe, make_policy
+    from grp_workbench.harness.runs import machine_info
 
     for key, value in {**machine_info(), **describe(make_policy(device, precision))}.items():
         typer.echo(f"{key}: {value}")
 
 
 def _mount_domains() -> None:
-    for entry in sorted(entry_points(group="workbench.cli"), key=lambda e: e.name):
+    for entry in sorted(entry_points(group="grp_workbench.cli"), key=lambda e: e.name):
         try:
             app.add_typer(entry.load(), name=entry.name)
         except Exception as err:  # a broken optional domain must not take the whole CLI down

@@ -20,8 +20,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from harness.device import DEVICE_CHOICES, PRECISION_CHOICES
-from harness.errors import HarnessError
+from grp_workbench.harness.device import DEVICE_CHOICES, PRECISION_CHOICES
+from grp_workbench.harness.errors import HarnessError
 
 C = TypeVar("C", bound="TrainConfig")
 

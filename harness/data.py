@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from grp_workbench.harness.errors import HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

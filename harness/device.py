@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import HarnessError
+from grp_workbench.harness.errors import HarnessError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 
-from harness.errors import HarnessError
+from grp_workbench.harness.errors import HarnessError
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 

@@ -21,9 +21,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.errors import HarnessError  # noqa: E402
-from harness.evaluation import mean_and_ci_over_seeds, summarize  # noqa: E402
-from harness.runs import RunDir, atomic_write_json, atomic_write_text, find_runs, git_commit, machine_info, now_iso  # noqa: E402,E501
+from grp_workbench.harness.errors import HarnessError  # noqa: E402
+from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, summarize  # noqa: E402
+from grp_workbench.harness.runs import (  # noqa: E402,E501
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    find_runs,
+    git_commit,
+    machine_info,
+    now_iso,
+)
 
 
 @dataclass

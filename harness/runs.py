@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from grp_workbench.harness.errors import HarnessError
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT_DIR, TENSORBOARD_DIR = "checkpoints", "tensorboard"

@@ -27,11 +27,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm
 
-from harness.config import TrainConfig, config_from_dict, config_to_dict, diff_configs
-from harness.device import DevicePolicy, describe, make_policy
-from harness.errors import HarnessError
-from harness.runs import RunDir, checkpoint_step, command_line, now_iso
-from harness.seeding import global_rng_state, seed_everything, set_global_rng_state
+from grp_workbench.harness.config import TrainConfig, config_from_dict, config_to_dict, diff_configs
+from grp_workbench.harness.device import DevicePolicy, describe, make_policy
+from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.runs import RunDir, checkpoint_step, command_line, now_iso
+from grp_workbench.harness.seeding import global_rng_state, seed_everything, set_global_rng_state
 
 
 @runtime_checkable

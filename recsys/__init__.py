@@ -1,6 +1,6 @@
 """Robust recommendation: MF / LightGCN under poisoning attacks, APR and VAT."""
 
-from harness.errors import WorkbenchError
+from grp_workbench.harness.errors import WorkbenchError
 
 
 class RecsysError(WorkbenchError):

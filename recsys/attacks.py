@@ -31,12 +31,12 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from harness.data import cache_dir
-from harness.runs import atomic_write_bytes
-from recsys import RecsysError
-from recsys.data import BPRSampler, InteractionData, to_csr
-from recsys.metrics import mask_seen
-from recsys.models import MF, bpr_loss
+from grp_workbench.harness.data import cache_dir
+from grp_workbench.harness.runs import atomic_write_bytes
+from grp_workbench.recsys import RecsysError
+from grp_workbench.recsys.data import BPRSampler, InteractionData, to_csr
+from grp_workbench.recsys.metrics import mask_seen
+from grp_workbench.recsys.models import MF, bpr_loss
 
 ATTACKS = ("none", "random", "bandwagon", "dl")
 

@@ -2,8 +2,8 @@
 
 import typer
 
-from harness.cli import train_command
-from recsys.train import SPECS
+from grp_workbench.harness.cli import train_command
+from grp_workbench.recsys.train import SPECS
 
 app = typer.Typer(help="Robust recommendation: MF / LightGCN under poisoning, with APR and VAT.", no_args_is_help=True)
 train_app = typer.Typer(help="Train a recommender; the method is the defense (bpr = none, apr, vat). "

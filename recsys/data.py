@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys import RecsysError
+from grp_workbench.recsys import RecsysError
 
 
 @dataclass

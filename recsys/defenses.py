@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recsys.models import bpr_loss
+from grp_workbench.recsys.models import bpr_loss
 
 
 def vulnerability_scale(users: torch.Tensor, per_sample_loss: torch.Tensor, user_lambda: float = 2.0) -> torch.Tensor:

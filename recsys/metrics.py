@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys.data import contains, interaction_keys
+from grp_workbench.recsys.data import contains, interaction_keys
 
 
 def mask_seen(scores: torch.Tensor, seen: sp.csr_matrix, rows: np.ndarray) -> None:

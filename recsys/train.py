@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import TrainConfig
-from harness.data import find_dataset_dir
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
-from recsys import RecsysError
-from recsys.attacks import ATTACKS, SurrogateAttackConfig, poison
-from recsys.data import (
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.data import find_dataset_dir
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.recsys import RecsysError
+from grp_workbench.recsys.attacks import ATTACKS, SurrogateAttackConfig, poison
+from grp_workbench.recsys.data import (
     BPRSampler,
     InteractionData,
     kcore,
@@ -37,9 +37,9 @@ from recsys.data import (
     split_per_user,
     subsample_users,
 )
-from recsys.defenses import adversarial_bpr, vulnerability_scale
-from recsys.metrics import ranking_metrics, target_item_metrics
-from recsys.models import MF, LightGCN, bpr_loss, normalized_adjacency
+from grp_workbench.recsys.defenses import adversarial_bpr, vulnerability_scale
+from grp_workbench.recsys.metrics import ranking_metrics, target_item_metrics
+from grp_workbench.recsys.models import MF, LightGCN, bpr_loss, normalized_adjacency
 
 # VAT's meta_config.py: eps per (model, dataset); one --eps is shared by the APR and VAT trainers.
 OFFICIAL_EPS = {("mf", "gowalla"): 0.6, ("mf", "yelp2018"): 0.5, ("mf", "mind"): 0.4,

@@ -1,6 +1,6 @@
 """Reinforcement learning methods: offline (A2PR), model-based (Lipschitz MBRL), level generation (DRED)."""
 
-from harness.errors import WorkbenchError
+from grp_workbench.harness.errors import WorkbenchError
 
 
 class RLError(WorkbenchError):

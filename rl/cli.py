@@ -4,13 +4,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from envs.behaviour import SPEC as BEHAVIOUR
-from harness.cli import train_command
-from rl.offline.a2pr import SPEC as A2PR
-from rl.offline.td3bc import SPEC as TD3BC
-from rl.ued.level_vae import SPEC as LEVEL_VAE
-from rl.ued.ppo import SPECS as UED_SPECS
-from rl.ued.procgen_ppo import SPECS as PROCGEN_SPECS
+from grp_workbench.envs.behaviour import SPEC as BEHAVIOUR
+from grp_workbench.harness.cli import train_command
+from grp_workbench.rl.offline.a2pr import SPEC as A2PR
+from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
+from grp_workbench.rl.ued.level_vae import SPEC as LEVEL_VAE
+from grp_workbench.rl.ued.ppo import SPECS as UED_SPECS
+from grp_workbench.rl.ued.procgen_ppo import SPECS as PROCGEN_SPECS
 
 app = typer.Typer(help="Reinforcement learning: offline RL (TD3+BC, A2PR) on D4RL-format datasets; level "
                   "generation for zero-shot transfer (DR, uniform, PLR, DRED) on CaveEscape.",
@@ -35,7 +35,7 @@ def build_dataset(
     seed: Annotated[int, typer.Option(help="behaviour-policy and environment seed")] = 0,
     steps: Annotated[Optional[int], typer.Option(help="transitions (default: the builder's)")] = None,
 ) -> None:
-    from envs.datasets import build
+    from grp_workbench.envs.datasets import build
 
     path = build(name, seed=seed, n_steps=steps)
     typer.echo(f"built {name}: {path}")
@@ -47,8 +47,8 @@ def export_minari_dataset(
     dataset_id: Annotated[str, typer.Option("--id", help="Minari id, e.g. workbench/hopper/medium-v0")],
 ) -> None:
     """Copy a D4RL-format dataset into a local Minari dataset (read back with --dataset minari:ID)."""
-    from envs.datasets import export_minari
-    from rl.offline.datasets import dataset_file
+    from grp_workbench.envs.datasets import export_minari
+    from grp_workbench.rl.offline.datasets import dataset_file
 
     path = dataset_file(name)
     typer.echo(f"exported {name} as Minari dataset {export_minari(path, dataset_id)}")
@@ -59,7 +59,7 @@ def dataset_info(
     names: Annotated[list[str], typer.Argument(help="built names (hopper-medium) or .hdf5 paths")],
 ) -> None:
     """One table row per dataset: transitions, episodes, behaviour returns and reference returns."""
-    from rl.offline.datasets import dataset_file, describe_hdf5
+    from grp_workbench.rl.offline.datasets import dataset_file, describe_hdf5
 
     typer.echo("| dataset | transitions | episodes | return mean [min, max] | normalized mean | random / expert ref |")
     typer.echo("| --- | --- | --- | --- | --- | --- |")
@@ -80,7 +80,7 @@ def export_behaviour(
     medium_fraction: Annotated[float, typer.Option(help="medium: first snapshot with this share of expert")] = 1 / 3,
     out: Annotated[Optional[str], typer.Option(help="default: envs/behaviour_policies/<family>.pt")] = None,
 ) -> None:
-    from envs.behaviour import export_behaviour_policies
+    from grp_workbench.envs.behaviour import export_behaviour_policies
 
     typer.echo(f"exported: {export_behaviour_policies(run_dir, medium_fraction, out)}")
 
@@ -101,7 +101,7 @@ def build_levels(
     """Generate the training set, a test set of the same structures and a set of held-out structures."""
     from pathlib import Path
 
-    from envs.levels import HELD_OUT_STRUCTURES, TRAIN_STRUCTURES, generate_level_set, save_levels
+    from grp_workbench.envs.levels import HELD_OUT_STRUCTURES, TRAIN_STRUCTURES, generate_level_set, save_levels
 
     plan = [("train", TRAIN_STRUCTURES, train_per_structure, seed),
             ("test", TRAIN_STRUCTURES, test_per_structure, seed + 1),
@@ -125,10 +125,10 @@ def policy_drift(
 ) -> None:
     """Per seed of trained offline runs: distance of the policy's actions from the data's and the
     value the critic believes the policy gains over them (why a seed collapsed, if one did)."""
-    from harness.config import config_from_dict
-    from harness.device import make_policy
-    from harness.runs import RunDir
-    from rl import RLError
+    from grp_workbench.harness.config import config_from_dict
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.harness.runs import RunDir
+    from grp_workbench.rl import RLError
 
     specs = {spec.name: spec for spec in (TD3BC, A2PR)}
     runs = [RunDir(run_dir) for run_dir in run_dirs]
@@ -166,10 +166,10 @@ def evaluate_student(
     """Zero-shot evaluation of a trained student: mean return and solved rate over unseen levels."""
     import torch
 
-    from envs.cave_escape import CaveEscapeEnv
-    from envs.levels import load_levels
-    from harness.runs import RunDir
-    from rl.ued.ppo import ActorCritic, play
+    from grp_workbench.envs.cave_escape import CaveEscapeEnv
+    from grp_workbench.envs.levels import load_levels
+    from grp_workbench.harness.runs import RunDir
+    from grp_workbench.rl.ued.ppo import ActorCritic, play
 
     run = RunDir(run_dir)
     state = run.last_algorithm_state("trained student", "train one with `workbench rl train dred|plr|uniform|dr`.")

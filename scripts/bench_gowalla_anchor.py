@@ -25,11 +25,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.config import build_config
-from harness.report import write_results
-from harness.runs import RunDir
-from harness.trainer import train
-from recsys.train import SPECS
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.report import write_results
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import train
+from grp_workbench.recsys.train import SPECS
 
 PUBLISHED = {"lightgcn": {"recall@20": 0.1830, "ndcg@20": 0.1554}, "mf": {"recall@20": 0.1291, "ndcg@20": 0.1109}}
 VARIANTS = {

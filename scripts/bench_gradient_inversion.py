@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from federated.app import FLSettings, read_capture
-from federated.attack import capture_ground_truth, run_attack, save_grid
-from federated.generative.dcgan import OOD_CLASSES, load_generator
-from harness.report import write_results
+from grp_workbench.federated.app import FLSettings, read_capture
+from grp_workbench.federated.attack import capture_ground_truth, run_attack, save_grid
+from grp_workbench.federated.generative.dcgan import OOD_CLASSES, load_generator
+from grp_workbench.harness.report import write_results
 
 
 def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state: str, clip_norm: float) -> list[Path]:
@@ -40,7 +40,7 @@ def captures_for(runs: Path, defense: str, batch_size: int, clients: int, state:
                                + (f"-{clients}clients" if clients != 40 else ""))
     summary = out / "summary.json"
     if not summary.is_file():
-        from federated.simulate import simulate
+        from grp_workbench.federated.simulate import simulate
 
         rounds = 1 if state == "untrained" else 20
         settings = FLSettings(num_server_rounds=rounds, fraction_train=1.0, mode="fedsgd", batch_size=batch_size,
@@ -109,7 +109,7 @@ def main() -> int:
     priors = {"in": load_generator(args.prior_in)}
     if not args.no_ood:
         priors["ood"] = load_generator(args.prior_ood)
-    from federated.attack import load_classifier
+    from grp_workbench.federated.attack import load_classifier
 
     classifier = load_classifier(args.classifier)
     jsonl = runs / "results.jsonl"

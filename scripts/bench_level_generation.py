@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels, save_level_picture
-from harness.config import build_config
-from harness.report import write_results
-from harness.runs import RunDir
-from harness.trainer import train_cell
-from rl.ued.level_vae import SPEC as VAE
-from rl.ued.level_vae import load_level_vae
-from rl.ued.ppo import LEVEL_SETS, METHODS, SPECS, random_blocks_level
+from grp_workbench.envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels, save_level_picture
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.report import write_results
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import train_cell
+from grp_workbench.rl.ued.level_vae import SPEC as VAE
+from grp_workbench.rl.ued.level_vae import load_level_vae
+from grp_workbench.rl.ued.ppo import LEVEL_SETS, METHODS, SPECS, random_blocks_level
 
 SETS = ("in_dist", "held_out_structures")
 

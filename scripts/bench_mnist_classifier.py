@@ -14,10 +14,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from federated.classifier import SPEC
-from harness.config import build_config
-from harness.report import collect_runs, plot_learning_curves, write_results
-from harness.trainer import train_cell
+from grp_workbench.federated.classifier import SPEC
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.report import collect_runs, plot_learning_curves, write_results
+from grp_workbench.harness.trainer import train_cell
 
 OUT = Path("benchmarks/mnist_classifier")
 

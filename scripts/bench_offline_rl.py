@@ -34,15 +34,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.config import build_config  # noqa: E402
-from harness.device import make_policy  # noqa: E402
-from harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize  # noqa: E402
-from harness.report import write_results  # noqa: E402
-from harness.runs import RunDir, claim  # noqa: E402
-from harness.trainer import train_cell  # noqa: E402
-from rl.offline.a2pr import SPEC as A2PR  # noqa: E402
-from rl.offline.datasets import load_dataset  # noqa: E402
-from rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
+from grp_workbench.harness.config import build_config  # noqa: E402
+from grp_workbench.harness.device import make_policy  # noqa: E402
+from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize  # noqa: E402
+from grp_workbench.harness.report import write_results  # noqa: E402
+from grp_workbench.harness.runs import RunDir, claim  # noqa: E402
+from grp_workbench.harness.trainer import train_cell  # noqa: E402
+from grp_workbench.rl.offline.a2pr import SPEC as A2PR  # noqa: E402
+from grp_workbench.rl.offline.datasets import load_dataset  # noqa: E402
+from grp_workbench.rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
 
 SPECS = {"a2pr": A2PR, "td3bc": TD3BC}
 METHOD_COLORS = {"a2pr": "C0", "td3bc": "C1"}

@@ -24,11 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harness.config import build_config  # noqa: E402
-from harness.report import write_results  # noqa: E402
-from harness.runs import RunDir  # noqa: E402
-from harness.trainer import train_cell  # noqa: E402
-from rl.ued.procgen_ppo import SAMPLERS, SPECS  # noqa: E402
+from grp_workbench.harness.config import build_config  # noqa: E402
+from grp_workbench.harness.report import write_results  # noqa: E402
+from grp_workbench.harness.runs import RunDir  # noqa: E402
+from grp_workbench.harness.trainer import train_cell  # noqa: E402
+from grp_workbench.rl.ued.procgen_ppo import SAMPLERS, SPECS  # noqa: E402
 
 
 def sampling_figure(runs: dict[tuple[str, int], RunDir], path: Path) -> None:

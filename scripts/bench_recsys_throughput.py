@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.config import build_config
-from harness.device import make_policy
-from harness.report import write_results
-from recsys.train import SPECS
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.device import make_policy
+from grp_workbench.harness.report import write_results
+from grp_workbench.recsys.train import SPECS
 
 RECBOLE_CHILD = textwrap.dedent("""
     import json, sys, time, logging

@@ -20,11 +20,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.config import build_config
-from harness.report import write_results
-from harness.runs import RunDir
-from harness.trainer import train_cell
-from recsys.train import SPECS
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.report import write_results
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import train_cell
+from grp_workbench.recsys.train import SPECS
 
 METRICS = ("recall@20", "ndcg@20", "t_hr@50", "t_ndcg@50")
 RESULT_METHOD = {"bpr": "none", "apr": "apr", "vat": "vat"}  # the common results format names

@@ -11,18 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-from federated.classifier import SPEC as CLASSIFIER
-from federated.generative.dcgan import SPEC as PRIOR
-from harness.config import build_config
-from harness.errors import WorkbenchError
-from harness.report import write_report
-from harness.trainer import train_cell
-from recsys.train import SPECS as RECSYS
-from rl.offline.a2pr import SPEC as A2PR
-from rl.offline.datasets import local_dataset_path
-from rl.offline.td3bc import SPEC as TD3BC
-from rl.ued.level_vae import SPEC as LEVEL_VAE
-from rl.ued.ppo import SPECS as UED
+from grp_workbench.federated.classifier import SPEC as CLASSIFIER
+from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.errors import WorkbenchError
+from grp_workbench.harness.report import write_report
+from grp_workbench.harness.trainer import train_cell
+from grp_workbench.recsys.train import SPECS as RECSYS
+from grp_workbench.rl.offline.a2pr import SPEC as A2PR
+from grp_workbench.rl.offline.datasets import local_dataset_path
+from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
+from grp_workbench.rl.ued.level_vae import SPEC as LEVEL_VAE
+from grp_workbench.rl.ued.ppo import SPECS as UED
 
 # offline RL on a dataset the project builds in seconds; the MuJoCo ones take hours of SAC training
 OFFLINE = {"dataset": "pointreach-medium", "total_steps": 1000, "eval_every": 250, "checkpoint_every": 500}
@@ -53,9 +53,9 @@ def level_picture(out: str, vae_run: str) -> None:
     import numpy as np
     import torch
 
-    from envs.levels import load_levels, save_level_picture
-    from rl.ued.level_vae import load_level_vae
-    from rl.ued.ppo import LEVEL_SETS
+    from grp_workbench.envs.levels import load_levels, save_level_picture
+    from grp_workbench.rl.ued.level_vae import load_level_vae
+    from grp_workbench.rl.ued.ppo import LEVEL_SETS
 
     vae = load_level_vae(vae_run)
     levels = load_levels(LEVEL_SETS / "train.npz")
@@ -70,10 +70,10 @@ def level_picture(out: str, vae_run: str) -> None:
 
 def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
     """A Flower simulation whose curious server captures one FedSGD update, inverted by IG and GIFD."""
-    from federated.app import FLSettings
-    from federated.attack import run_attack, save_grid
-    from federated.generative.dcgan import load_generator
-    from federated.simulate import simulate
+    from grp_workbench.federated.app import FLSettings
+    from grp_workbench.federated.attack import run_attack, save_grid
+    from grp_workbench.federated.generative.dcgan import load_generator
+    from grp_workbench.federated.simulate import simulate
 
     captures = Path(runs) / "federated" / "captures"
     if not captures.is_dir():
@@ -99,7 +99,7 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
 
 def prepare_data() -> None:
     """Build the datasets the demo needs if the cache lacks them."""
-    from envs.datasets import build
+    from grp_workbench.envs.datasets import build
 
     if not local_dataset_path(OFFLINE["dataset"]).is_file():
         print(f"building {OFFLINE['dataset']} -> {build(OFFLINE['dataset'])}")

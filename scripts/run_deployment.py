@@ -70,7 +70,7 @@ def main() -> int:
     # the SuperLink and SuperNodes start flower-superexec / flwr-serverapp / flwr-clientapp by name
     env = {**os.environ, "FLWR_HOME": str(flwr_home), "PYTHONUNBUFFERED": "1",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    from harness.data import find_dataset_dir
+    from grp_workbench.harness.data import find_dataset_dir
 
     mnist = find_dataset_dir("mnist")
     if mnist is not None:

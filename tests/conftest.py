@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.config import TrainConfig
-from harness.data import EpochSampler
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.data import EpochSampler
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
 
 
 @dataclass
@@ -85,7 +85,7 @@ TOY_SPEC = MethodSpec(name="toy", config_cls=ToyConfig, presets=TOY_PRESETS, bui
 
 def metric_rows(run_dir) -> list[dict[str, Any]]:
     """metrics.jsonl rows without the wall-clock fields, which differ between identical runs."""
-    from harness.runs import RunDir
+    from grp_workbench.harness.runs import RunDir
 
     rows = RunDir(run_dir).read_metrics()
     return [{k: v for k, v in row.items() if k not in ("time", "steps_per_s")} for row in rows]

@@ -3,13 +3,13 @@ import gzip
 import pytest
 import torch
 
-from federated import FederatedError
-from federated.classifier import PRESETS, SPEC, ClassifierConfig, ImageClassifier, random_shift
-from federated.data import load_mnist, read_mnist_split, stratified_split
-from harness.config import build_config
-from harness.data import find_dataset_dir
-from harness.errors import WorkbenchError
-from harness.trainer import train
+from grp_workbench.federated import FederatedError
+from grp_workbench.federated.classifier import PRESETS, SPEC, ClassifierConfig, ImageClassifier, random_shift
+from grp_workbench.federated.data import load_mnist, read_mnist_split, stratified_split
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.data import find_dataset_dir
+from grp_workbench.harness.errors import WorkbenchError
+from grp_workbench.harness.trainer import train
 from tests.conftest import metric_rows
 
 MNIST = find_dataset_dir("mnist")
@@ -55,7 +55,7 @@ def test_missing_explicit_dataset_path_is_a_clear_error(tmp_path):
 
 
 def test_falls_back_to_sklearn_digits_with_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr("harness.data.REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr("grp_workbench.harness.data.REPO_ROOT", tmp_path / "repo")
     monkeypatch.delenv("WORKBENCH_DATA", raising=False)
     with pytest.warns(UserWarning, match="falling back to scikit-learn's digits"):
         data = load_mnist()

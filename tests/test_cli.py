@@ -6,7 +6,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from harness.cli import app
+from grp_workbench.harness.cli import app
 
 runner = CliRunner()
 
@@ -36,7 +36,8 @@ def test_every_command_help_works(path):
 
 
 def _workbench(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "grp_workbench.harness.cli", *args],
+                          capture_output=True, text=True, cwd=cwd)
 
 
 def test_console_script_reports_user_errors_without_traceback(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
-from harness.config import TrainConfig, build_config, config_from_dict, config_to_dict, parse_overrides
-from harness.errors import HarnessError, WorkbenchError
+from grp_workbench.harness.config import TrainConfig, build_config, config_from_dict, config_to_dict, parse_overrides
+from grp_workbench.harness.errors import HarnessError, WorkbenchError
 from tests.conftest import TOY_PRESETS, ToyConfig
 
 

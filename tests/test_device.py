@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from harness.device import make_policy, resolve_device
-from harness.errors import WorkbenchError
+from grp_workbench.harness.device import make_policy, resolve_device
+from grp_workbench.harness.errors import WorkbenchError
 
 
 def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("harness.device._mps_available", lambda: False)
+    monkeypatch.setattr("grp_workbench.harness.device._mps_available", lambda: False)
     assert resolve_device("auto").type == "cpu"
-    monkeypatch.setattr("harness.device._mps_available", lambda: True)
+    monkeypatch.setattr("grp_workbench.harness.device._mps_available", lambda: True)
     assert resolve_device("auto").type == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto").type == "cuda"

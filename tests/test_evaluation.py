@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from rliable import metrics as rliable_metrics
 
-from harness import evaluation as ev
-from harness.errors import HarnessError
+from grp_workbench.harness import evaluation as ev
+from grp_workbench.harness.errors import HarnessError
 
 SCORES = np.random.default_rng(7).normal(size=(6, 4))
 OTHER = SCORES + np.random.default_rng(8).normal(0.8, 0.5, size=(6, 4))

@@ -4,11 +4,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from federated import FederatedError
-from federated.app import CuriousFedAvg, FLSettings, batch_gradient, client_app, make_model, read_capture
-from federated.data import load_mnist
-from federated.defenses import clip_global_norm, defend, prune_smallest
-from federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
+from grp_workbench.federated import FederatedError
+from grp_workbench.federated.app import CuriousFedAvg, FLSettings, batch_gradient, client_app, make_model, read_capture
+from grp_workbench.federated.data import load_mnist
+from grp_workbench.federated.defenses import clip_global_norm, defend, prune_smallest
+from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +60,7 @@ def test_fedsgd_client_returns_one_sgd_step_on_its_recomputable_batch():
     metrics = reply.content["metrics"]
     assert (metrics["num-examples"], metrics["partition-id"], metrics["local-steps"]) == (4, 3, 1)
     settings = FLSettings(batch_size=4)
-    from federated.app import client_partitions, mnist_with_roles
+    from grp_workbench.federated.app import client_partitions, mnist_with_roles
 
     data, _ = mnist_with_roles("", 0)
     mine = client_partitions("", 0, 10, "iid", 0.5)[3]
@@ -100,7 +100,7 @@ def test_curious_server_records_an_update_the_attacker_can_turn_into_the_gradien
     record = read_capture(strategy.captured[0])
     assert record["batch_size"] == 2 and record["local_steps"] == 1 and record["partition_id"] == 3
     data = load_mnist(None, "test")
-    from federated.app import client_partitions
+    from grp_workbench.federated.app import client_partitions
 
     batch = client_batch(client_partitions("", 0, 10, "iid", 0.5)[3], 2, 1, 3, 0)
     true_gradient = batch_gradient(model, data.images[batch], data.labels[batch])
@@ -116,8 +116,8 @@ def test_bad_run_config_names_the_key():
 
 
 def test_attack_runs_on_a_capture_and_scores_against_the_recomputed_batch(tmp_path):
-    from federated.app import client_partitions
-    from federated.attack import capture_ground_truth, run_attack
+    from grp_workbench.federated.app import client_partitions
+    from grp_workbench.federated.attack import capture_ground_truth, run_attack
 
     _, strategy, _ = _capture_one_update(tmp_path, batch_size=1, local_lr=0.1)
     record = read_capture(strategy.captured[0])

@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from federated.app import batch_gradient, make_model
-from federated.attacks import dlg
-from federated.attacks import inverting_gradients as ig
-from federated.attacks.common import cosine_loss, dummy_gradient, infer_labels
-from federated.data import load_mnist
-from federated.metrics import match_order, psnr, reconstruction_metrics
+from grp_workbench.federated.app import batch_gradient, make_model
+from grp_workbench.federated.attacks import dlg
+from grp_workbench.federated.attacks import inverting_gradients as ig
+from grp_workbench.federated.attacks.common import cosine_loss, dummy_gradient, infer_labels
+from grp_workbench.federated.data import load_mnist
+from grp_workbench.federated.metrics import match_order, psnr, reconstruction_metrics
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_dlg_reduces_the_gradient_distance_and_idlg_recovers_the_image(mnist):
 # ---- generative priors: GGL and GIFD -----------------------------------------------------------
 def _contrasty_generator():
     """An untrained DCGAN generator whose output layer is scaled so that images differ across z."""
-    from federated.generative.dcgan import Generator
+    from grp_workbench.federated.generative.dcgan import Generator
 
     torch.manual_seed(0)
     generator = Generator().eval().requires_grad_(False)
@@ -106,7 +106,7 @@ def _generated_target(generator):
 
 
 def test_l1_ball_projection_keeps_inside_points_and_lands_on_the_sphere():
-    from federated.attacks.gifd import project_onto_l1_ball
+    from grp_workbench.federated.attacks.gifd import project_onto_l1_ball
 
     x = torch.tensor([[0.2, -0.1, 0.0], [3.0, -1.0, 0.5]])
     projected = project_onto_l1_ball(x, 1.0)
@@ -117,7 +117,7 @@ def test_l1_ball_projection_keeps_inside_points_and_lands_on_the_sphere():
 
 
 def test_gifd_feature_domains_match_the_gradient_better_than_the_latent_alone():
-    from federated.attacks import gifd
+    from grp_workbench.federated.attacks import gifd
 
     generator, model = _contrasty_generator(), _small_model()
     image, start = _generated_target(generator)
@@ -133,8 +133,8 @@ def test_gifd_feature_domains_match_the_gradient_better_than_the_latent_alone():
 
 
 def test_ggl_search_lowers_the_gradient_distance():
-    from federated.attacks import ggl
-    from federated.attacks.common import euclidean_loss
+    from grp_workbench.federated.attacks import ggl
+    from grp_workbench.federated.attacks.common import euclidean_loss
 
     generator, model = _contrasty_generator(), _small_model()
     image, start = _generated_target(generator)
@@ -146,9 +146,9 @@ def test_ggl_search_lowers_the_gradient_distance():
 
 
 def test_dcgan_prior_trains_through_the_harness_and_loads(tmp_path):
-    from federated.generative.dcgan import OOD_CLASSES, SPEC, load_generator, prior_images
-    from harness.config import build_config
-    from harness.trainer import train
+    from grp_workbench.federated.generative.dcgan import OOD_CLASSES, SPEC, load_generator, prior_images
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.trainer import train
 
     config = build_config(SPEC.config_cls, SPEC.presets, "tiny", {"prior": "ood"})
     assert len(prior_images(config)) < 3000  # digits 0-4 of the 3,000 prior images only

@@ -3,9 +3,19 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs  # noqa: F401  (registers workbench/CaveEscape-v0)
-from envs.levels import EMPTY, LAVA, MOSS, WALL, Level, generate_level_set, is_solvable, load_levels, save_levels
-from rl import RLError
+from grp_workbench import envs  # noqa: F401  (registers workbench/CaveEscape-v0)
+from grp_workbench.envs.levels import (
+    EMPTY,
+    LAVA,
+    MOSS,
+    WALL,
+    Level,
+    generate_level_set,
+    is_solvable,
+    load_levels,
+    save_levels,
+)
+from grp_workbench.rl import RLError
 
 
 def _corridor(cells):

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from envs.datasets import build
-from harness.config import build_config
-from harness.device import make_policy
-from harness.trainer import train
-from rl import RLError
-from rl.offline.a2pr import SPEC as A2PR_SPEC
-from rl.offline.a2pr import A2PRConfig, advantage_guided_target
-from rl.offline.datasets import (
+from grp_workbench.envs.datasets import build
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.device import make_policy
+from grp_workbench.harness.trainer import train
+from grp_workbench.rl import RLError
+from grp_workbench.rl.offline.a2pr import SPEC as A2PR_SPEC
+from grp_workbench.rl.offline.a2pr import A2PRConfig, advantage_guided_target
+from grp_workbench.rl.offline.datasets import (
     D4RL_REFERENCE_RETURNS,
     d4rl_normalized_score,
     describe_hdf5,
@@ -19,7 +19,7 @@ from rl.offline.datasets import (
     read_d4rl_hdf5,
     write_d4rl_hdf5,
 )
-from rl.offline.td3bc import SPEC as TD3BC_SPEC
+from grp_workbench.rl.offline.td3bc import SPEC as TD3BC_SPEC
 
 SMALL = {"hidden": 64, "vae_hidden": 64, "batch_size": 128, "eval_episodes": 5}
 
@@ -174,7 +174,7 @@ def test_batched_seeds_report_each_member(tmp_path):
 
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from grp_workbench.harness.cli import app
 
     result = CliRunner().invoke(app, ["rl", "drift", str(tmp_path / "run"), "--states", "64"])
     assert result.exit_code == 0, result.output
@@ -186,9 +186,9 @@ def test_batched_seeds_report_each_member(tmp_path):
 
 
 def test_sac_behaviour_export_and_mujoco_style_levels(tmp_path):
-    from envs.behaviour import SPEC as BEHAVIOUR
-    from envs.behaviour import export_behaviour_policies
-    from envs.datasets import build_from_behaviour
+    from grp_workbench.envs.behaviour import SPEC as BEHAVIOUR
+    from grp_workbench.envs.behaviour import export_behaviour_policies
+    from grp_workbench.envs.datasets import build_from_behaviour
 
     config = build_config(BEHAVIOUR.config_cls, BEHAVIOUR.presets, "tiny", {
         "env": "workbench/PointReach-v0", "total_steps": 500, "learning_starts": 300, "steps_per_update": 100,
@@ -208,7 +208,7 @@ def test_sac_behaviour_export_and_mujoco_style_levels(tmp_path):
 
 
 def test_minari_export_reads_back_the_same_transitions(tmp_path, monkeypatch):
-    from envs.datasets import export_minari
+    from grp_workbench.envs.datasets import export_minari
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     path = build("pointreach-medium", n_steps=300, path=tmp_path / "pr.hdf5")
@@ -222,7 +222,7 @@ def test_minari_export_reads_back_the_same_transitions(tmp_path, monkeypatch):
 
 
 def test_mujoco_warnings_become_python_warnings_not_a_log_file(tmp_path, monkeypatch):
-    from envs import MujocoWarning, make_env
+    from grp_workbench.envs import MujocoWarning, make_env
 
     monkeypatch.chdir(tmp_path)
     with pytest.warns(MujocoWarning, match="settotalmass"):  # Gymnasium's HalfCheetah-v5 XML uses it
@@ -233,7 +233,7 @@ def test_mujoco_warnings_become_python_warnings_not_a_log_file(tmp_path, monkeyp
 def test_reading_mujoco_data_routes_mujoco_warnings_too(tmp_path, monkeypatch):
     import mujoco
 
-    import envs
+    from grp_workbench import envs
 
     monkeypatch.setattr(envs, "_mujoco_warnings_routed", False)  # as in a fresh process
     mujoco.set_mju_user_warning(None)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import build_config
-from harness.trainer import train
-from recsys import RecsysError, attacks
-from recsys.attacks import SurrogateAttackConfig, poison
-from recsys.data import (
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.trainer import train
+from grp_workbench.recsys import RecsysError, attacks
+from grp_workbench.recsys.attacks import SurrogateAttackConfig, poison
+from grp_workbench.recsys.data import (
     InteractionData,
     kcore,
     read_lightgcn_dir,
@@ -17,10 +17,10 @@ from recsys.data import (
     split_per_user,
     to_csr,
 )
-from recsys.defenses import adversarial_bpr, vulnerability_scale
-from recsys.metrics import ranking_metrics, target_item_metrics
-from recsys.models import LightGCN, normalized_adjacency
-from recsys.train import PRESETS, SPECS, RecConfig
+from grp_workbench.recsys.defenses import adversarial_bpr, vulnerability_scale
+from grp_workbench.recsys.metrics import ranking_metrics, target_item_metrics
+from grp_workbench.recsys.models import LightGCN, normalized_adjacency
+from grp_workbench.recsys.train import PRESETS, SPECS, RecConfig
 
 
 def _write_lightgcn(folder, train, test):

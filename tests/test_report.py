@@ -3,9 +3,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.config import build_config
-from harness.report import write_report, write_results
-from harness.trainer import train
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.report import write_report, write_results
+from grp_workbench.harness.trainer import train
 from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig
 
 CHECKER = Path(__file__).resolve().parents[2] / "shared" / "tools" / "check_results.py"
@@ -47,7 +47,7 @@ def test_results_file_follows_the_common_format(tmp_path):
 def test_image_grid_writes_rows_of_unequal_length(tmp_path):
     import numpy as np
 
-    from harness.report import plot_image_grid
+    from grp_workbench.harness.report import plot_image_grid
 
     path = plot_image_grid({"a": [np.zeros((4, 4))] * 3, "b": [np.ones((4, 4, 3))]}, tmp_path / "g.png",
                            titles={"a": ["x", "y", "z"]}, cmap="gray")

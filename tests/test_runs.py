@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.runs import RunDir, atomic_write_json, atomic_write_text
+from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.runs import RunDir, atomic_write_json, atomic_write_text
 
 
 def test_crash_mid_write_leaves_the_old_file_and_no_partial_file(tmp_path, monkeypatch):
@@ -68,7 +68,7 @@ def test_checkpoints_keep_only_the_newest(tmp_path):
 def test_git_commit_marks_dirty_trees_but_not_the_ignored_results_folder(tmp_path, monkeypatch):
     import subprocess
 
-    from harness.runs import git_commit
+    from grp_workbench.harness.runs import git_commit
 
     monkeypatch.delenv("WORKBENCH_GIT_COMMIT", raising=False)
     repo = tmp_path / "repo"
@@ -94,11 +94,11 @@ def test_claim_is_exclusive_between_processes_and_released_when_the_holder_dies(
     import subprocess
     import sys
 
-    from harness.runs import claim
+    from grp_workbench.harness.runs import claim
 
     run = tmp_path / "cell"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from harness.runs import claim\n"
+        "import sys, time; from grp_workbench.harness.runs import claim\n"
         f"with claim({str(run)!r}) as mine:\n"
         "    print(mine, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:

@@ -4,8 +4,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from harness.data import EpochSampler
-from harness.seeding import global_rng_state, seed_env, seed_everything, set_global_rng_state
+from grp_workbench.harness.data import EpochSampler
+from grp_workbench.harness.seeding import global_rng_state, seed_env, seed_everything, set_global_rng_state
 
 
 def _draws():

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import build_config
-from harness.errors import HarnessError
-from harness.runs import RunDir
-from harness.trainer import train
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import train
 from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression, metric_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,8 +81,8 @@ def test_finished_run_is_left_alone_on_resume(tmp_path):
 
 SLOW_TOY = """
 import sys, time
-from harness.config import build_config
-from harness.trainer import train
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.trainer import train
 from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression
 update = ToyRegression.update
 ToyRegression.update = lambda self: (time.sleep(0.05), update(self))[1]
@@ -148,7 +148,7 @@ def test_failed_build_leaves_no_run_directory_and_keeps_the_old_run(tmp_path, mo
 
 
 def test_a_benchmark_cell_stops_the_benchmark_when_its_run_was_interrupted(tmp_path, monkeypatch):
-    import harness.trainer as trainer
+    import grp_workbench.harness.trainer as trainer
 
     finished = trainer.train_cell(TOY_SPEC, _config(total_steps=20, eval_every=10), str(tmp_path / "a"), "tiny")
     assert finished["status"] == "finished"

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from envs.levels import EMPTY, MOSS, Level, load_levels
-from rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, rank_weights, staleness_weights
+from grp_workbench.envs.levels import EMPTY, MOSS, Level, load_levels
+from grp_workbench.rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, rank_weights, staleness_weights
 
 
 def _level(tag: int) -> Level:
@@ -75,10 +75,10 @@ def one_thread():
 def test_ppo_solves_a_trivial_level_within_seconds(tmp_path, one_thread, recurrent):
     import torch
 
-    from envs.levels import save_levels
-    from harness.config import build_config
-    from harness.device import make_policy
-    from rl.ued.ppo import SPECS, UEDTraining
+    from grp_workbench.envs.levels import save_levels
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.rl.ued.ppo import SPECS, UEDTraining
 
     torch.manual_seed(0)
     path = save_levels([Level(np.zeros((3, 3), dtype=np.uint8), (1, 0), (1, 2), "trivial")], tmp_path / "t.npz")
@@ -101,9 +101,9 @@ def test_recurrent_ppo_replays_its_rollout_exactly(tmp_path, one_thread):
     action probabilities and values: the first PPO ratio is exactly 1."""
     import torch
 
-    from harness.config import build_config
-    from harness.device import make_policy
-    from rl.ued.ppo import SPECS, UEDTraining
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.rl.ued.ppo import SPECS, UEDTraining
 
     torch.manual_seed(0)
     spec = SPECS["uniform"]
@@ -123,10 +123,10 @@ def test_recurrent_ppo_replays_its_rollout_exactly(tmp_path, one_thread):
 
 def test_training_after_an_evaluation_plays_only_training_levels(tmp_path, one_thread):
     """Evaluation borrows the training environments; the next rollout must not continue its episodes."""
-    from envs.levels import save_levels
-    from harness.config import build_config
-    from harness.device import make_policy
-    from rl.ued.ppo import SPECS, UEDTraining
+    from grp_workbench.envs.levels import save_levels
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.rl.ued.ppo import SPECS, UEDTraining
 
     grid = np.zeros((3, 3), dtype=np.uint8)
     train_path = save_levels([Level(grid, (1, 0), (1, 2), "train")], tmp_path / "train.npz")
@@ -151,12 +151,12 @@ def test_training_after_an_evaluation_plays_only_training_levels(tmp_path, one_t
 def test_level_vae_reconstructs_and_dred_trains_on_generated_levels(tmp_path, one_thread):
     import torch
 
-    from envs.levels import generate_level_set, save_levels
-    from harness.config import build_config
-    from harness.trainer import train
-    from rl.ued.level_vae import SPEC as VAE
-    from rl.ued.level_vae import load_level_vae, slerp
-    from rl.ued.ppo import SPECS
+    from grp_workbench.envs.levels import generate_level_set, save_levels
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.trainer import train
+    from grp_workbench.rl.ued.level_vae import SPEC as VAE
+    from grp_workbench.rl.ued.level_vae import load_level_vae, slerp
+    from grp_workbench.rl.ued.ppo import SPECS
 
     path = save_levels(generate_level_set(("MazeWall", "ObstaclesHogs2"), 8, seed=0), tmp_path / "train.npz")
     config = build_config(VAE.config_cls, VAE.presets, "tiny", {"levels": str(path), "eval_levels": str(path),
@@ -180,10 +180,10 @@ def test_level_vae_reconstructs_and_dred_trains_on_generated_levels(tmp_path, on
 
 def test_procgen_plr_student_trains_and_scores_the_levels_it_plays(tmp_path, one_thread):
     pytest.importorskip("procgen", reason="procgen is optional: `make procgen`")
-    from harness.config import build_config
-    from harness.runs import RunDir
-    from harness.trainer import train
-    from rl.ued.procgen_ppo import SPECS
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.runs import RunDir
+    from grp_workbench.harness.trainer import train
+    from grp_workbench.rl.ued.procgen_ppo import SPECS
 
     spec = SPECS["procgen-plr"]
     config = build_config(spec.config_cls, spec.presets, "tiny", {"num_steps": 64, "total_steps": 128,

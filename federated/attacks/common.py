@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated.defenses import deterministic_part
+from grp_workbench.federated.defenses import deterministic_part
 
 
 def dummy_gradient(model: nn.Module, images: torch.Tensor, label_target: torch.Tensor,

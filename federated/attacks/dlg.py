@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from federated.attacks.common import dummy_gradient, euclidean_loss, infer_labels
+from grp_workbench.federated.attacks.common import dummy_gradient, euclidean_loss, infer_labels
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from federated.attacks.common import dummy_gradient, euclidean_loss, infer_labels
+from grp_workbench.federated.attacks.common import dummy_gradient, euclidean_loss, infer_labels
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from federated.attacks.common import cosine_loss, dummy_gradient, infer_labels, total_variation
+from grp_workbench.federated.attacks.common import cosine_loss, dummy_gradient, infer_labels, total_variation
 
 
 @dataclass

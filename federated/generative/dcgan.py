@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated import FederatedError
-from federated.app import mnist_with_roles
-from harness.config import TrainConfig
-from harness.device import DevicePolicy
-from harness.runs import RunDir
-from harness.trainer import MethodSpec
+from grp_workbench.federated import FederatedError
+from grp_workbench.federated.app import mnist_with_roles
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import MethodSpec
 
 PRIORS = ("in", "ood")
 OOD_CLASSES = (0, 1, 2, 3, 4)

@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
-from rl.common.networks import frozen_forward, vectorized_mlp
-from rl.offline.common import OfflineConfig, task_name
-from rl.offline.datasets import task_family
-from rl.offline.td3bc import TD3BC
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.rl.common.networks import frozen_forward, vectorized_mlp
+from grp_workbench.rl.offline.common import OfflineConfig, task_name
+from grp_workbench.rl.offline.datasets import task_family
+from grp_workbench.rl.offline.td3bc import TD3BC
 
 # Official README (medium tasks); other datasets of a family use the same values.
 OFFICIAL_DEFAULTS = {"alpha": 2.5, "mask": 0.5, "vae_weight": 1.0, "discount": 0.99}  # utils/config.py

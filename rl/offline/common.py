@@ -16,11 +16,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import make_env
-from harness.config import TrainConfig
-from harness.device import DevicePolicy
-from rl import RLError
-from rl.offline.datasets import TransitionDataset, load_dataset
+from grp_workbench.envs import make_env
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.rl import RLError
+from grp_workbench.rl.offline.datasets import TransitionDataset, load_dataset
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.data import cache_dir
-from rl import RLError
+from grp_workbench.harness.data import cache_dir
+from grp_workbench.rl import RLError
 
 # D4RL's REF_MIN_SCORE / REF_MAX_SCORE (d4rl/infos.py), shared by all -v0..-v2 levels of a task.
 D4RL_REFERENCE_RETURNS = {
@@ -213,7 +213,7 @@ def describe_hdf5(path: str | os.PathLike) -> dict[str, Any]:
 
 def _space_dims(env_id: str) -> tuple[int | None, int | None]:
     """Observation and action sizes of a Gymnasium environment, or (None, None) if it cannot be made."""
-    from envs import make_env
+    from grp_workbench.envs import make_env
 
     try:
         env = make_env(env_id)

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
-from rl.common.networks import VectorizedLinear, soft_update, vectorized_mlp
-from rl.offline.common import OfflineAlgorithm, OfflineConfig, task_name
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.rl.common.networks import VectorizedLinear, soft_update, vectorized_mlp
+from grp_workbench.rl.offline.common import OfflineAlgorithm, OfflineConfig, task_name
 
 
 class TwinCritic(nn.Module):

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.levels import LAVA, PASSABLE, WALL, Level, is_solvable, load_levels
-from harness.config import TrainConfig
-from harness.device import DevicePolicy
-from harness.runs import RunDir
-from harness.trainer import MethodSpec
+from grp_workbench.envs.levels import LAVA, PASSABLE, WALL, Level, is_solvable, load_levels
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import MethodSpec
 
 N_KINDS = 4
 
@@ -157,7 +157,7 @@ class LevelVAETraining:
     higher_is_better = True
 
     def __init__(self, config: LevelVAEConfig, policy: DevicePolicy):
-        from rl.ued.ppo import LEVEL_SETS
+        from grp_workbench.rl.ued.ppo import LEVEL_SETS
 
         self.config = config
         self.levels = load_levels(config.levels or LEVEL_SETS / "train.npz")

@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import envs  # noqa: F401  (registers workbench/CaveEscape-v0)
-from envs.cave_escape import CaveEscapeEnv
-from envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels
-from harness.config import TrainConfig
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
-from rl import RLError
-from rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, UniformSampler
+from grp_workbench import envs  # noqa: F401  (registers workbench/CaveEscape-v0)
+from grp_workbench.envs.cave_escape import CaveEscapeEnv
+from grp_workbench.envs.levels import LAVA, MOSS, WALL, Level, is_solvable, load_levels
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.rl import RLError
+from grp_workbench.rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, UniformSampler
 
 METHODS = ("dr", "uniform", "plr", "dred")
 LEVEL_SETS = Path(__file__).resolve().parents[2] / "envs" / "level_sets"
@@ -260,7 +260,7 @@ class UEDTraining:
             self.sampler = DREDBuffer(self.train_levels, DREDConfig(cfg.buffer_size, cfg.plr_temperature,
                                                                     cfg.secondary_temperature, cfg.staleness_coef),
                                       cfg.seed)
-            from rl.ued.level_vae import load_level_vae
+            from grp_workbench.rl.ued.level_vae import load_level_vae
 
             if not cfg.vae_run:
                 raise RLError("method=dred needs a trained level VAE: `workbench rl train level-vae --levels "

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import TrainConfig
-from harness.device import DevicePolicy
-from harness.trainer import MethodSpec
-from rl import RLError
-from rl.ued.ppo import compute_gae, ppo_step, score_levels
-from rl.ued.samplers import PLRConfig, PLRSampler, UniformSampler
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.device import DevicePolicy
+from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.rl import RLError
+from grp_workbench.rl.ued.ppo import compute_gae, ppo_step, score_levels
+from grp_workbench.rl.ued.samplers import PLRConfig, PLRSampler, UniformSampler
 
 SAMPLERS = ("plr", "uniform")
 
@@ -106,7 +106,7 @@ class ProcgenPLRTraining:
     higher_is_better = True
 
     def __init__(self, config: ProcgenConfig, policy: DevicePolicy, sampler: str = "plr"):
-        from envs.procgen_env import ProcgenLevelEnv
+        from grp_workbench.envs.procgen_env import ProcgenLevelEnv
 
         if sampler not in SAMPLERS:
             raise RLError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}.")

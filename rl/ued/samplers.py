@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.levels import Level
-from rl import RLError
+from grp_workbench.envs.levels import Level
+from grp_workbench.rl import RLError
 
 
 def rank_weights(scores: np.ndarray, temperature: float) -> np.ndarray:
