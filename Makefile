@@ -11,7 +11,7 @@ SUITE ?= mnist_classifier
 
 .PHONY: demo test test-all bench lock procgen clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml setup.py requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -r requirements.lock

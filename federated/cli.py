@@ -1,4 +1,4 @@
-"""``workbench federated ...`` commands."""
+"""Federated learning security: the task model, Flower simulations, attacks, defenses."""
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,7 +11,7 @@ from grp_workbench.harness.cli import train_command
 from grp_workbench.harness.config import parse_overrides
 
 app = typer.Typer(help="Federated learning security: the task model, Flower simulations, attacks, defenses.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False)
 app.command("train-classifier")(train_command(CLASSIFIER))
 app.command("train-prior", help="Train the attacker's DCGAN prior: --set prior=in (images no client holds) or "
             "prior=ood (digits 0-4 of them).")(train_command(PRIOR))

@@ -1,24 +1,89 @@
 """``workbench``: one command line for every domain.
 
 Top-level verbs (``runs``, ``report``, ``info``) live here; each domain package mounts its own group
-(``workbench federated ...``, later ``rl`` and ``recsys``) through the ``grp_workbench.cli``
-entry point group in pyproject.toml, so this file never imports a method. ``train_command(spec)`` turns
-a method's ``MethodSpec`` into a ``train`` command with the options every method shares.
+(``workbench federated ...``, ``rl``, ``recsys``) through the ``grp_workbench.cli`` entry point group
+in pyproject.toml, so this file never imports a method. Domains load only when one of their
+commands runs: ``workbench --help`` shows each domain with the first line of its ``cli`` module's
+docstring, read without importing it (a method's modules import torch, seconds of start-up).
+``train_command(spec)`` turns a method's ``MethodSpec`` into a ``train`` command with the options
+every method shares.
 """
 
-
+import ast
+import importlib.util
 import sys
-from importlib.metadata import entry_points
+import warnings
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from grp_workbench.harness.config import build_config, parse_overrides
-from grp_workbench.harness.errors import WorkbenchError
-from grp_workbench.harness.trainer import MethodSpec, train
+from grp_workbench.harness.errors import HarnessWarning, WorkbenchError
+
+if TYPE_CHECKING:
+    from grp_workbench.harness.trainer import MethodSpec
+
+
+@cache
+def _domains() -> dict[str, EntryPoint]:
+    return {entry.name: entry for entry in entry_points(group="grp_workbench.cli")}
+
+
+def _summary_line(entry: EntryPoint) -> str:
+    """The first docstring line of the module an entry point names, read from its source."""
+    try:
+        spec = importlib.util.find_spec(entry.module)
+        tree = ast.parse(Path(spec.origin).read_text())
+        return (ast.get_docstring(tree) or "").strip().splitlines()[0]
+    except Exception:  # a missing or broken domain says so when it is used
+        return ""
+
+
+class _LazyDomain(click.Group):
+    """A domain's command group, imported on first use (listing its commands, its help, running one)."""
+
+    def __init__(self, name: str, entry: EntryPoint):
+        super().__init__(name=name, help=_summary_line(entry), no_args_is_help=True)
+        self._entry, self._group = entry, None
+
+    def _real(self) -> click.Group:
+        if self._group is None:
+            try:
+                self._group = typer.main.get_command(self._entry.load())
+            except WorkbenchError:
+                raise
+            except Exception as err:  # a broken optional domain must not take the other domains down
+                raise click.ClickException(f"domain {self.name!r} is unavailable ({type(err).__name__}: {err})") \
+                    from err
+        return self._group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._real().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        return self._real().get_command(ctx, name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._real().format_help(ctx, formatter)
+
+
+class _Workbench(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *sorted(_domains())]
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        found = super().get_command(ctx, name)
+        if found is None and name in _domains():
+            return _LazyDomain(name, _domains()[name])
+        return found
+
 
 app = typer.Typer(
+    cls=_Workbench,
     name="workbench",
     help="Run, compare and extend methods for generalization, robustness and privacy in RL, federated "
     "learning and recommender systems. Domains: rl, federated, recsys (as installed). "
@@ -35,7 +100,12 @@ RunDirOption = Annotated[
     Optional[Path], typer.Option(help="run directory; default runs/<method>/<task>/<preset>-seed<seed>")
 ]
 ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="continue the run in --run-dir if it exists (a finished run is kept)")
+    bool, typer.Option("--resume", help="continue the run in --run-dir from its last checkpoint (it must exist; "
+                       "a finished run is kept)")
+]
+ResumeOrStartOption = Annotated[
+    bool, typer.Option("--resume-or-start", help="continue the run in --run-dir if it exists, else start it "
+                       "(for scripts that rerun one command until it finishes)")
 ]
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="delete an existing run in --run-dir first")]
 DeterministicOption = Annotated[
@@ -43,8 +113,10 @@ DeterministicOption = Annotated[
 ]
 
 
-def train_command(spec: MethodSpec):
+def train_command(spec: "MethodSpec"):
     """A typer command that trains ``spec`` through the harness with the shared options."""
+    from grp_workbench.harness.config import build_config, parse_overrides
+    from grp_workbench.harness.trainer import train
 
     def command(
         preset: Annotated[str, typer.Option(help=f"one of: {', '.join(spec.presets)}")] = "quick",
@@ -52,6 +124,7 @@ def train_command(spec: MethodSpec):
         overrides: OverridesOption = [],  # noqa: B006
         run_dir: RunDirOption = None,
         resume: ResumeOption = False,
+        resume_or_start: ResumeOrStartOption = False,
         overwrite: OverwriteOption = False,
         device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda[:N] | mps")] = None,
         precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 | fp16")] = None,
@@ -60,8 +133,8 @@ def train_command(spec: MethodSpec):
         data_dir: Annotated[Optional[Path], typer.Option(help="dataset folder (config field data_dir)")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
     ) -> None:
-        if resume and overwrite:
-            raise typer.BadParameter("--resume and --overwrite exclude each other; pick one.")
+        if sum((resume, resume_or_start, overwrite)) > 1:
+            raise typer.BadParameter("--resume, --resume-or-start and --overwrite exclude each other; pick one.")
         values = parse_overrides(overrides)
         for key, value in (("seed", seed), ("device", device), ("precision", precision),
                            ("deterministic", deterministic), ("dataset", dataset), ("data_dir", data_dir)):
@@ -69,13 +142,16 @@ def train_command(spec: MethodSpec):
                 values[key] = str(value)
         config = build_config(spec.config_cls, spec.presets, preset, values)
         target = run_dir or RUNS_ROOT / spec.name / spec.task(config) / f"{preset}-seed{config.seed}"
-        mode = "resume" if resume else "overwrite" if overwrite else "error"
+        mode = ("resume" if resume else "resume-or-start" if resume_or_start else "overwrite" if overwrite
+                else "error")
         summary = train(spec, config, str(target), preset, if_exists=mode, quiet=quiet)
         metric = summary["main_metric"]
         typer.echo(f"{summary['status']}: {target} step {summary['step']}, {metric} "
                    f"{summary['final'].get(metric, float('nan')):.4f} "
                    f"(best {summary['best'].get(metric, float('nan')):.4f}), "
                    f"{summary['throughput']['steps_per_s']:.1f} steps/s")
+        if summary["status"] == "interrupted":  # a stopped run is not a success; --resume continues it
+            raise typer.Exit(130)
 
     command.__doc__ = f"Train {spec.name} through the harness (run directory, checkpoints, resume, summary)."
     return command
@@ -126,18 +202,18 @@ def info(device: Annotated[str, typer.Option(help="device to resolve")] = "auto"
         typer.echo(f"{key}: {value}")
 
 
-def _mount_domains() -> None:
-    for entry in sorted(entry_points(group="grp_workbench.cli"), key=lambda e: e.name):
-        try:
-            app.add_typer(entry.load(), name=entry.name)
-        except Exception as err:  # a broken optional domain must not take the whole CLI down
-            print(f"warning: domain {entry.name!r} is unavailable ({type(err).__name__}: {err})", file=sys.stderr)
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, HarnessWarning):  # for users: one line, no source location
+        print(f"warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
 
 
-_mount_domains()
+_python_show_warning = warnings.showwarning
 
 
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         app()
     except WorkbenchError as err:

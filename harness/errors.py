@@ -11,3 +11,7 @@ class WorkbenchError(Exception):
 
 class HarnessError(WorkbenchError):
     """Bad input to the shared harness: configs, devices, run directories, dataset paths."""
+
+
+class HarnessWarning(UserWarning):
+    """Something a user should know that does not stop the command (an unfinished run used as an input)."""

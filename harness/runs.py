@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -28,30 +30,66 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.errors import HarnessError, HarnessWarning
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT_DIR, TENSORBOARD_DIR = "checkpoints", "tensorboard"
 
 
+class CorruptCheckpoint(HarnessError):
+    """A checkpoint file that does not load (truncated by a full disk or a crash of the file system)."""
+
+
+def _default_file_mode() -> int:
+    """0666 less the umask: what ``open(..., "w")`` gives, so every output has the same mode
+    (``mkstemp`` alone would leave atomically written files at 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class StorageError(HarnessError, OSError):
+    """A write the disk refused, as one line for users (still an ``OSError`` for callers that catch those)."""
+
+
+def storage_error(path: str | os.PathLike, err: OSError, what: str = "write") -> StorageError:
+    """One line for a disk that refuses a write: full, read-only, not permitted, or a file in the way."""
+    reason = {
+        errno.ENOSPC: "the disk is full; free some space",
+        errno.EDQUOT: "the disk quota is exhausted; free some space",
+        errno.EROFS: "the file system is read-only; choose a writable folder",
+        errno.EACCES: "permission denied; choose a folder you can write to",
+        errno.EPERM: "permission denied; choose a folder you can write to",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+        errno.EEXIST: "a file of that name is in the way; choose another path",
+    }.get(err.errno, f"{err.strerror or err}; choose another folder")
+    return StorageError(f"cannot {what} {path}: {reason}.")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), _default_file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise storage_error(path, err) from None
         raise
 
 
@@ -76,6 +114,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -126,6 +172,31 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def require_writable_folder(path: str | os.PathLike, what: str = "run directory") -> None:
+    """Fail fast, with one line, when ``path`` could not be created or written: before any data loads.
+
+    Walks up to the nearest existing ancestor; it must be a folder this process can write to."""
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise HarnessError(f"cannot create the {what} {path}: {probe} is a file, not a folder; choose another path.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        reason = "the file system is read-only" if _read_only_fs(probe) else "permission denied"
+        raise HarnessError(f"cannot create the {what} {path}: {probe} is not writable ({reason}); "
+                           "choose a folder you can write to.")
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def now_iso() -> str:
@@ -186,10 +257,18 @@ class RunDir:
         return bool(summary) and summary.get("status") == "finished"
 
     def status(self) -> str:
-        if self.is_finished():
-            return f"finished at step {self.summary['step']}"
+        """finished | running (pid) | interrupted (Ctrl-C, resumable) | incomplete (killed, resumable)."""
+        summary = self.summary or {}
+        if summary.get("status") == "finished":
+            return f"finished at step {summary['step']}"
+        holder = writer_of(self.path)
+        if holder:
+            return f"running ({holder})"
         ckpt = self.latest_checkpoint()
-        return f"incomplete, last checkpoint at step {checkpoint_step(ckpt)}" if ckpt else "started, no checkpoint"
+        at = f"last checkpoint at step {checkpoint_step(ckpt)}" if ckpt else "no checkpoint"
+        if summary.get("status") == "interrupted":
+            return f"interrupted, {at}"
+        return f"incomplete, {at}" if ckpt else "started, no checkpoint"
 
     # ---- metrics ---------------------------------------------------------------------------
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
@@ -258,16 +337,35 @@ class RunDir:
         return found[-1] if found else None
 
     def load_checkpoint(self, path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        # Checkpoints hold RNG states and optimizer state as pickles: load only runs you trust
+        # (your own, or from someone you would run code from).
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:  # truncated by a full disk, or not a checkpoint at all
+            raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); delete it to "
+                                    "fall back to the one before, or start a new run.") from None
+
+    def load_latest_checkpoint(self, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads; a corrupt newer one is skipped with a warning naming it."""
+        for path in reversed(self.checkpoints()):
+            try:
+                return path, self.load_checkpoint(path, map_location)
+            except CorruptCheckpoint as err:
+                warnings.warn(f"{err} Using the checkpoint before it.", HarnessWarning, stacklevel=2)
+        return None
 
     def last_algorithm_state(self, what: str, how: str) -> dict[str, Any]:
         """The algorithm's state in the last checkpoint, for reusing a trained model elsewhere; a
         missing run or checkpoint is an error naming the run, what was expected (``what``) and ``how``
         to make one."""
-        checkpoint = self.latest_checkpoint() if self.exists() else None
-        if checkpoint is None:
+        found = self.load_latest_checkpoint() if self.exists() else None
+        if found is None:
             raise HarnessError(f"{self.path} holds no {what}; {how}")
-        return self.load_checkpoint(checkpoint)["algorithm"]
+        path, state = found
+        if not self.is_finished():
+            warnings.warn(f"{self.path} is not a finished run ({self.status()}); using its {what} from step "
+                          f"{checkpoint_step(path)}.", HarnessWarning, stacklevel=2)
+        return state["algorithm"]
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary)
@@ -289,25 +387,78 @@ def find_runs(roots: list[str | os.PathLike]) -> Iterator[RunDir]:
             yield RunDir(config.parent)
 
 
+_CLAIMED: set[Path] = set()  # run directories this process holds (claims nest within a process)
+
+
+def _lock_file(run_path: str | os.PathLike) -> Path:
+    path = Path(run_path).absolute()
+    return path.with_name(path.name + ".lock")
+
+
 @contextlib.contextmanager
 def claim(run_path: str | os.PathLike) -> Iterator[bool]:
     """Claim a run directory for this process: yields True if no other live process holds it.
 
-    Several copies of one benchmark command can then share its cells: each trains the next cell
-    nobody else holds. The lock (``<run dir>.lock``, an advisory ``flock``) dies with its process,
-    so a killed benchmark never leaves a cell claimed."""
-    path = Path(run_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
+    Every writer of a run holds its claim (``harness.trainer.train`` takes it), so a run folder has
+    one writer; several copies of one benchmark command share its cells, each training the next cell
+    nobody else holds. The lock (``<run dir>.lock``, an advisory ``flock``) records the holder's pid
+    and command and dies with its process, so a killed run never stays claimed. A claim this
+    process already holds is granted again (a benchmark claims a cell, then trains it)."""
+    key = Path(run_path).absolute()
+    if key in _CLAIMED:
+        yield True
+        return
+    lock = _lock_file(key)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    except OSError as err:
+        raise storage_error(lock, err, "create the lock file") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}: {command_line()}\n")
+        handle.flush()
+        _CLAIMED.add(key)
         try:
             yield True
         finally:
+            _CLAIMED.discard(key)
+            handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def hold_run(run_path: str | os.PathLike) -> Iterator[None]:
+    """Be the one writer of a run directory, or stop with one line naming the process that is."""
+    with claim(run_path) as claimed:
+        if not claimed:
+            raise HarnessError(f"run directory {run_path} is being written by another process "
+                               f"({writer_of(run_path) or 'pid unknown'}); wait for it to finish, stop it, or "
+                               "choose another --run-dir.")
+        yield
+
+
+def writer_of(run_path: str | os.PathLike) -> str | None:
+    """``"pid N: command"`` of the live process writing the run, or None when nobody holds it."""
+    lock = _lock_file(run_path)
+    if not lock.is_file() or Path(run_path).absolute() in _CLAIMED:
+        return None
+    try:
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                return handle.read().strip() or "pid unknown"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
 
 
 def command_line() -> str:

@@ -30,8 +30,19 @@ from tqdm.auto import tqdm
 from grp_workbench.harness.config import TrainConfig, config_from_dict, config_to_dict, diff_configs
 from grp_workbench.harness.device import DevicePolicy, describe, make_policy
 from grp_workbench.harness.errors import HarnessError
-from grp_workbench.harness.runs import RunDir, checkpoint_step, command_line, now_iso
+from grp_workbench.harness.runs import (
+    CONFIG_FILE,
+    RunDir,
+    checkpoint_step,
+    command_line,
+    file_sha256,
+    hold_run,
+    now_iso,
+    require_writable_folder,
+)
 from grp_workbench.harness.seeding import global_rng_state, seed_everything, set_global_rng_state
+
+PROGRESS_LINE_SECONDS = 30.0
 
 
 @runtime_checkable
@@ -103,6 +114,9 @@ class Trainer:
         start = time.perf_counter()
         wall_before = p.wall_seconds
         postfix: dict[str, str] = {}
+        # Off a terminal (CI logs, nohup files) a bar draws nothing: print a line now and then instead.
+        log_lines = bar.disable and not self.quiet
+        next_line = time.monotonic() + PROGRESS_LINE_SECONDS
         try:
             while p.step < cfg.total_steps and not self._stop_requested:
                 before = p.step
@@ -123,6 +137,9 @@ class Trainer:
                 if _crossed(before, p.step, cfg.checkpoint_every) or p.step >= cfg.total_steps:
                     self._checkpoint()
                 bar.update(p.step - before)
+                if log_lines and time.monotonic() >= next_line:
+                    self._print_progress_line(postfix)
+                    next_line = time.monotonic() + PROGRESS_LINE_SECONDS
             p.wall_seconds = wall_before + time.perf_counter() - start
             if self._stop_requested and p.step < cfg.total_steps:
                 self._checkpoint()
@@ -135,6 +152,13 @@ class Trainer:
             restore_sigint()
             bar.close()
             self.run.close()
+
+    def _print_progress_line(self, postfix: dict[str, str]) -> None:
+        p, total = self.progress, self.config.total_steps
+        rate = p.step / max(p.update_seconds, 1e-9)
+        shown = " ".join(f"{k}={v}" for k, v in postfix.items())
+        print(f"{self.run.path}: step {p.step:,}/{total:,} ({100 * p.step / total:.0f}%), {rate:.3g} steps/s {shown}",
+              file=sys.stderr, flush=True)
 
     # ---- steps of the loop -----------------------------------------------------------------
     def _accumulate(self, metrics: dict[str, float]) -> None:
@@ -179,10 +203,10 @@ class Trainer:
         self.run.save_checkpoint(self.progress.step, state, keep=self.config.keep_checkpoints)
 
     def _resume(self) -> None:
-        latest = self.run.latest_checkpoint()
-        if latest is None:
+        found = self.run.load_latest_checkpoint()
+        if found is None:
             return
-        state = self.run.load_checkpoint(latest)
+        latest, state = found
         self.algorithm.load_state_dict(state["algorithm"])
         set_global_rng_state(state["rng"])
         self.progress = _Progress(**state["progress"])
@@ -241,6 +265,12 @@ class MethodSpec:
     presets: dict[str, dict[str, Any]]
     build: Callable[[Any, DevicePolicy], Algorithm]  # (config, device policy) -> Algorithm
     task: Callable[[Any], str]  # config -> task name used in reports, e.g. "mnist"
+    # config -> {label: file} of built artefacts the run reads (a dataset, a level set); their
+    # checksums go into config.json and a resume refuses data that changed under the run
+    inputs: Callable[[Any], dict[str, Any]] | None = None
+
+
+IF_EXISTS = ("error", "resume", "resume-or-start", "overwrite")
 
 
 def train(
@@ -253,38 +283,72 @@ def train(
 ) -> dict[str, Any]:
     """Create (or resume) a run directory and train ``spec`` with ``config``; returns ``summary.json``.
 
-    With ``if_exists="resume"`` a finished run is left alone, an incomplete one continues from its
-    last checkpoint, and a run made with a different config is an error, never a silent mix. The
-    device is resolved and the algorithm built before the directory is touched, so a bad device or
-    dataset leaves no half-made run behind (and ``overwrite`` deletes nothing).
+    ``if_exists``: ``error`` refuses an existing run; ``resume`` continues one (a missing run is an
+    error: a mistyped path must not train from scratch); ``resume-or-start`` continues or starts
+    (benchmark cells); ``overwrite`` replaces it. A finished run is left alone, and a run made with
+    a different config or on input files that changed since is an error, never a silent mix.
+
+    This process is the run's one writer for the whole call (``runs.hold_run``). The folder's
+    writability is checked, the device resolved and the algorithm built before the directory is
+    touched, so a bad path, device or dataset leaves no half-made run behind (and ``overwrite``
+    deletes nothing).
     """
-    existing = RunDir(run_dir)
-    if existing.exists():
-        if if_exists == "error":
-            raise existing.exists_error()
-        if if_exists == "resume":
-            _require_same_config(spec, existing, config)
-            if existing.is_finished():
-                return existing.summary
-    policy = make_policy(config.device, config.precision)
-    seed_everything(config.seed, config.deterministic)
-    algorithm = spec.build(config, policy)
-    header = {
-        "method": spec.name,
-        "task": spec.task(config),
-        "preset": preset,
-        "config": config_to_dict(config),
-        "command": command_line(),
-    }
-    run = RunDir.create(run_dir, header, if_exists=if_exists)
-    return Trainer(run, algorithm, config, quiet=quiet, summary_extra={"device": describe(policy)}).fit()
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists={if_exists!r} is not one of {IF_EXISTS}")
+    require_writable_folder(run_dir)
+    with hold_run(run_dir):
+        existing = RunDir(run_dir)
+        if existing.exists():
+            if if_exists == "error":
+                raise existing.exists_error()
+            if if_exists in ("resume", "resume-or-start"):
+                _require_same_config(spec, existing, config)
+                if existing.is_finished():
+                    return existing.summary
+        elif if_exists == "resume":
+            raise HarnessError(f"--resume: there is no run in {run_dir} to continue (no {CONFIG_FILE}). Check the "
+                               "path, or drop --resume to start it (--resume-or-start does either).")
+        inputs = fingerprint_inputs(spec.inputs(config) if spec.inputs else {})
+        if existing.exists() and if_exists != "overwrite":
+            _require_same_inputs(existing, inputs)
+        policy = make_policy(config.device, config.precision)
+        seed_everything(config.seed, config.deterministic)
+        algorithm = spec.build(config, policy)
+        header = {
+            "method": spec.name,
+            "task": spec.task(config),
+            "preset": preset,
+            "config": config_to_dict(config),
+            "inputs": inputs,
+            "command": command_line(),
+        }
+        mode = "resume" if if_exists == "resume-or-start" else if_exists
+        run = RunDir.create(run_dir, header, if_exists=mode)
+        return Trainer(run, algorithm, config, quiet=quiet, summary_extra={"device": describe(policy)}).fit()
+
+
+def fingerprint_inputs(inputs: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``{label: {"path", "sha256"}}`` of the files a run reads (``MethodSpec.inputs``)."""
+    return {label: {"path": str(path), "sha256": file_sha256(path)} for label, path in inputs.items()}
+
+
+def _require_same_inputs(run: RunDir, inputs: dict[str, dict[str, str]]) -> None:
+    saved = run.header.get("inputs", {})
+    for label, now in inputs.items():
+        before = saved.get(label)
+        if before and before["sha256"] != now["sha256"]:
+            raise HarnessError(
+                f"the {label} under run {run.path} changed since it started: it trained on {before['path']} "
+                f"(sha256 {before['sha256'][:12]}), which is now {now['path']} (sha256 {now['sha256'][:12]}). "
+                "Rebuild the original, or start a new --run-dir (or --overwrite)."
+            )
 
 
 def train_cell(spec: MethodSpec, config: TrainConfig, run_dir: str, preset: str, quiet: bool = True) -> dict[str, Any]:
     """One cell of a benchmark (or demo): ``train`` resuming, returning the summary of a finished run.
     A run stopped by Ctrl-C ends the whole benchmark (its checkpoint is saved) instead of being
     counted as a result; the same command continues it."""
-    summary = train(spec, config, run_dir, preset, if_exists="resume", quiet=quiet)
+    summary = train(spec, config, run_dir, preset, if_exists="resume-or-start", quiet=quiet)
     if summary["status"] == "interrupted":
         raise SystemExit(f"interrupted at step {summary['step']}: {run_dir} keeps its checkpoint; run the same "
                          "command again to continue.")

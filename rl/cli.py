@@ -1,4 +1,4 @@
-"""``workbench rl ...`` commands: offline training and dataset building."""
+"""Reinforcement learning: offline RL (TD3+BC, A2PR) and its datasets; level generation (DR, PLR, DRED)."""
 
 from typing import Annotated, Optional
 
@@ -14,7 +14,7 @@ from grp_workbench.rl.ued.procgen_ppo import SPECS as PROCGEN_SPECS
 
 app = typer.Typer(help="Reinforcement learning: offline RL (TD3+BC, A2PR) on D4RL-format datasets; level "
                   "generation for zero-shot transfer (DR, uniform, PLR, DRED) on CaveEscape.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False)
 train_app = typer.Typer(help="Train an offline RL method: --dataset NAME|FILE.hdf5|minari:ID|d4rl:NAME.",
                         no_args_is_help=True)
 for spec in (TD3BC, A2PR):

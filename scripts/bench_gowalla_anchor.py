@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed, "total_steps": args.epochs, "eval_every": args.eval_every,
         "checkpoint_every": args.eval_every, "log_every": 10, **overrides})
     summary = train(spec, config, str(run_path(args.runs, args.variant, args.model)), "paper",
-                    if_exists="resume", quiet=True)
+                    if_exists="resume-or-start", quiet=True)
     final = summary["final"]
     print(f"{args.variant} {args.model}: {summary['status']} at epoch {summary['step']}, "
           f"recall@20 {final['recall@20']:.4f} ndcg@20 {final['ndcg@20']:.4f}", flush=True)

@@ -13,9 +13,10 @@ runner = CliRunner()
 
 def _all_commands(command: click.Command, path=()):
     yield path
-    if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from _all_commands(sub, (*path, name))
+    if isinstance(command, click.Group):  # domains load lazily: ask the group, not its .commands
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            yield from _all_commands(command.get_command(ctx, name), (*path, name))
 
 
 COMMANDS = list(_all_commands(typer.main.get_command(app)))
@@ -26,6 +27,29 @@ def test_top_level_help_lists_domains_and_verbs():
     for word in ("federated", "runs", "report", "info"):
         assert word in out
     assert ("federated", "train-classifier") in COMMANDS
+
+
+def test_top_level_help_imports_no_method_and_no_torch():
+    probe = ("import sys; from grp_workbench.harness.cli import main; sys.argv = ['workbench', '--help']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith('.cli') and 'grp_workbench' in m))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "rl  " in result.stdout and "federated" in result.stdout and "recsys" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "['grp_workbench.harness.cli']"
+
+
+def test_a_domain_that_fails_to_import_fails_alone(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import grp_workbench.harness.cli as cli
+
+    broken = EntryPoint(name="broken", value="grp_workbench.no_such_domain.cli:app", group="grp_workbench.cli")
+    installed = cli._domains()
+    monkeypatch.setattr(cli, "_domains", lambda: {**installed, "broken": broken})
+    result = runner.invoke(app, ["broken", "x"])
+    assert result.exit_code == 1 and "domain 'broken' is unavailable (ModuleNotFoundError" in result.output
+    assert runner.invoke(app, ["rl", "--help"]).exit_code == 0
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "workbench")

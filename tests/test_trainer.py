@@ -87,7 +87,7 @@ from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression
 update = ToyRegression.update
 ToyRegression.update = lambda self: (time.sleep(0.05), update(self))[1]
 config = build_config(ToyConfig, TOY_PRESETS, "paper", {"deterministic": True, "total_steps": 200})
-train(TOY_SPEC, config, sys.argv[1], "paper", if_exists="resume", quiet=True)
+train(TOY_SPEC, config, sys.argv[1], "paper", if_exists="resume-or-start", quiet=True)
 """
 
 
