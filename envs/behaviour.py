@@ -1,6 +1,6 @@
 """Behaviour policies for locally built D4RL-style datasets: SB3 SAC trained through the harness.
 
-``workbench rl data train-behaviour hopper`` trains SAC on ``Hopper-v5`` (a resumable harness run).
+``workbench rl data train-behaviour --set env=hopper`` trains SAC on ``Hopper-v5`` (a resumable harness run).
 Every ``eval_every`` environment steps it evaluates the deterministic policy on 10 seeded episodes
 and keeps a snapshot of the actor's weights. ``export_behaviour_policies`` then picks, as D4RL did:
 
@@ -162,13 +162,18 @@ def export_behaviour_policies(run_dir: str | Path, medium_fraction: float = 1 / 
     return path
 
 
-def load_behaviour_policies(family: str, path: str | Path | None = None) -> dict[str, Any]:
+def behaviour_policies_file(family: str, path: str | Path | None = None) -> Path:
     path = Path(path) if path else POLICY_DIR / f"{family}.pt"
     if not path.is_file():
         raise RLError(f"no behaviour policies for {family!r} ({path} missing): train them with "
-                      f"`workbench rl data train-behaviour {family}`, then export with `workbench rl data "
+                      f"`workbench rl data train-behaviour --set env={family}`, then export with `workbench rl data "
                       "export-behaviour`.")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return path
+
+
+def load_behaviour_policies(family: str, path: str | Path | None = None) -> dict[str, Any]:
+    # tensors and plain containers only: a policies file cannot run code when it is read
+    return torch.load(behaviour_policies_file(family, path), map_location="cpu", weights_only=True)
 
 
 def sac_actor_policy(env_id: str, actor_state: dict[str, torch.Tensor], seed: int):

@@ -24,6 +24,8 @@ hopper, halfcheetah, walker2d on Gymnasium MuJoCo v5), as D4RL made its own:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import numpy as np
 from grp_workbench.envs import make_env
 from grp_workbench.envs.point_reach import expert_action
 from grp_workbench.rl import RLError
-from grp_workbench.rl.offline.datasets import LEVELS, local_dataset_path, write_d4rl_hdf5
+from grp_workbench.rl.offline.datasets import LEVELS, built_dataset_dir, make_current, write_d4rl_hdf5
 
 Policy = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (observation, rng) -> action
 
@@ -101,7 +103,7 @@ def _medium(observation: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 POINT_REACH_POLICIES: dict[str, Policy] = {"random": _uniform, "medium": _medium, "expert": _expert}
 
 
-def build_point_reach(level: str, n_steps: int = 20_000, seed: int = 0, path: str | Path | None = None) -> Path:
+def build_point_reach(level: str, n_steps: int, seed: int, path: str | Path) -> Path:
     if level == "medium-expert":
         halves = [rollout(POINT_REACH, POINT_REACH_POLICIES[lv], n_steps // 2, seed + i)
                   for i, lv in enumerate(("medium", "expert"))]
@@ -117,7 +119,7 @@ def build_point_reach(level: str, n_steps: int = 20_000, seed: int = 0, path: st
         "ref_min_return": average_return(POINT_REACH, _uniform, 100, seed=10_000),
         "ref_max_return": average_return(POINT_REACH, _expert, 100, seed=10_000),
     }
-    return write_d4rl_hdf5(path or local_dataset_path(name), arrays, attrs)
+    return write_d4rl_hdf5(path, arrays, attrs)
 
 
 # ---- SAC behaviour policies (MuJoCo) -------------------------------------------------------------
@@ -148,7 +150,7 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path: str | Path | None = None,
+def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path: str | Path,
                          policies_path: str | Path | None = None) -> Path:
     from grp_workbench.envs.behaviour import load_behaviour_policies, sac_actor_policy
     from grp_workbench.harness.seeding import seed_everything
@@ -191,20 +193,60 @@ def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path:
         "medium_return": behaviour["medium"]["return"], "medium_step": behaviour["medium"]["step"],
         "expert_return": behaviour["expert"]["return"], "expert_step": behaviour["expert"]["step"],
     }
-    return write_d4rl_hdf5(path or local_dataset_path(f"{family}-{level}"), arrays, attrs)
+    return write_d4rl_hdf5(path, arrays, attrs)
 
 
 DEFAULT_STEPS = 200_000  # per dataset (D4RL: 1M); a CPU rolls out roughly 1,000 steps/s with a SAC actor
+POINT_REACH_STEPS = 20_000
+# Bump when a builder makes different data from the same inputs: cached builds are then made anew.
+BUILDER_VERSION = 1
+
+
+def build_inputs(name: str, seed: int = 0, n_steps: int | None = None) -> dict[str, object]:
+    """Everything the data of ``name`` depends on: the cache key of its build."""
+    family, _, level = name.partition("-")
+    if n_steps is not None and n_steps < 1:
+        raise RLError(f"--steps {n_steps}: a dataset needs at least 1 transition (leave it out for the builder's "
+                      f"default, {POINT_REACH_STEPS if family == 'pointreach' else DEFAULT_STEPS:,}).")
+    if family == "pointreach":
+        if level not in ("random", *POINT_REACH_POLICIES, "medium-expert"):
+            raise RLError(f"pointreach level {level!r} is not one of random, medium, expert, medium-expert.")
+        return {"name": name, "seed": seed, "steps": n_steps or POINT_REACH_STEPS, "behaviour_sha256": None,
+                "builder_version": BUILDER_VERSION}
+    if level not in LEVELS:
+        raise RLError(f"dataset name {name!r} should be <family>-<level> with level one of {', '.join(LEVELS)}.")
+    from grp_workbench.envs.behaviour import behaviour_policies_file
+    from grp_workbench.harness.runs import file_sha256
+
+    return {"name": name, "seed": seed, "steps": n_steps or DEFAULT_STEPS,
+            "behaviour_sha256": file_sha256(behaviour_policies_file(family)), "builder_version": BUILDER_VERSION}
+
+
+def cached_build_path(name: str, seed: int = 0, n_steps: int | None = None) -> Path:
+    """Where the build of these inputs lives in the cache (whether or not it is built yet)."""
+    inputs = build_inputs(name, seed, n_steps)
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return built_dataset_dir(name) / f"seed{seed}-steps{inputs['steps']}-{key}.hdf5"
 
 
 def build(name: str, seed: int = 0, n_steps: int | None = None, path: str | Path | None = None) -> Path:
-    """Build dataset ``name`` (e.g. ``hopper-medium-replay``) into the project cache (or ``path``)."""
+    """Build dataset ``name`` (e.g. ``hopper-medium-replay``) into ``path``, or into the project cache.
+
+    In the cache each set of build inputs (``build_inputs``) has its own file, built once and never
+    overwritten: building the same inputs again reuses it, other inputs make another file. The name
+    then stands for this build (``--dataset NAME``); a run records the checksum of the file it
+    trained on and will not resume on another."""
+    inputs = build_inputs(name, seed, n_steps)
     family, _, level = name.partition("-")
-    if family == "pointreach":
-        return build_point_reach(level, n_steps or 20_000, seed, path)
-    if level not in LEVELS:
-        raise RLError(f"dataset name {name!r} should be <family>-<level> with level one of {', '.join(LEVELS)}.")
-    return build_from_behaviour(family, level, n_steps or DEFAULT_STEPS, seed, path)
+    target = Path(path) if path else cached_build_path(name, seed, n_steps)
+    if path or not target.is_file():
+        if family == "pointreach":
+            build_point_reach(level, inputs["steps"], seed, target)
+        else:
+            build_from_behaviour(family, level, inputs["steps"], seed, target)
+    if not path:
+        make_current(name, target)
+    return target
 
 
 def export_minari(path: str | Path, dataset_id: str) -> str:

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,9 +234,44 @@ def server_main(grid: Grid, context: Context) -> None:
                                                 "captures": strategy.captured})
 
 
+CAPTURE_KEYS = ("round", "partition_id", "global_weights", "client_weights", "mode", "local_lr", "batch_size",
+                "defense", "settings")
+
+
 def read_capture(path: str | Path) -> dict[str, Any]:
-    """A captured update, as the attacker sees it; ``gradient`` is recovered for FedSGD."""
-    record = torch.load(path, map_location="cpu", weights_only=False)
+    """A captured update, as the attacker sees it; ``gradient`` is recovered for FedSGD.
+
+    Captures are read with ``weights_only=True``: tensors and plain containers only, so a file
+    from elsewhere cannot run code when it is opened."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise FederatedError(f"capture {path} {what}; pass a file the curious server wrote (<output_dir>/captures/"
+                             "roundRRR-clientPPPP.pt, made by `workbench federated simulate`).")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FederatedError(f"capture {path} holds Python objects other than tensors and plain containers; it was "
+                             "refused because unpickling it could run code. Capture the update again.") from None
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else "corrupt"
+        raise FederatedError(f"capture {path} is not a readable capture ({type(err).__name__}: {reason}); capture "
+                             "the update again.") from None
+    missing = [key for key in CAPTURE_KEYS if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise FederatedError(f"{path} is not a capture of this app (missing {', '.join(missing)}); capture the "
+                             "update again with `workbench federated simulate`.")
+    with torch.device("meta"):  # shapes only: no memory, no draw from the global generator
+        expected = {key: tuple(value.shape) for key, value in SmallCNN(dropout=0.0).state_dict().items()}
+    for name in ("global_weights", "client_weights"):
+        found = {key: tuple(value.shape) for key, value in record[name].items()}
+        if found != expected:
+            differ = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
+            first = differ[0]
+            raise FederatedError(f"capture {path} was made on another model: its {name} differ from this app's CNN "
+                                 f"at {len(differ)} tensor(s), first {first} ({found.get(first, 'absent')} vs "
+                                 f"{expected.get(first, 'absent')}). Attack it with the code that captured it, or "
+                                 "capture again.")
     if record["mode"] == "fedsgd":
         record["gradient"] = [(record["global_weights"][k] - record["client_weights"][k]) / record["local_lr"]
                               for k in record["client_weights"]]

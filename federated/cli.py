@@ -19,9 +19,9 @@ app.command("train-prior", help="Train the attacker's DCGAN prior: --set prior=i
 
 @app.command("simulate")
 def simulate_command(
-    clients: Annotated[int, typer.Option(help="simulated clients (SuperNodes)")] = 10,
+    clients: Annotated[int, typer.Option(min=1, help="simulated clients (SuperNodes)")] = 10,
     overrides: Annotated[list[str], typer.Option("--set", help="app setting key=value (FLSettings), repeatable")] = [],  # noqa: B006
-    cpus_per_client: Annotated[float, typer.Option(help="Ray CPUs per client actor")] = 1.0,
+    cpus_per_client: Annotated[float, typer.Option(min=0.01, help="Ray CPUs per client actor")] = 1.0,
 ) -> None:
     """Run the Flower app (federated/app.py) in Flower's simulation engine; the server records updates."""
     from grp_workbench.federated.app import FLSettings
@@ -38,9 +38,11 @@ def simulate_command(
 def attack_command(
     name: Annotated[str, typer.Argument(help="dlg | idlg | ig | ggl | gifd")],
     capture: Annotated[list[Path], typer.Option(help="captured update(s) (runs/.../captures/roundRRR-clientPPPP.pt)")],
-    prior: Annotated[Optional[Path], typer.Option(help="train-prior run directory (ggl, gifd)")] = None,
+    prior: Annotated[Optional[Path], typer.Option(help="train-prior run directory (ggl, gifd); its checkpoint is a "
+                                                       "pickle: use only runs you trust")] = None,
     classifier: Annotated[Optional[Path], typer.Option(help="train-classifier run directory: adds classifier_accuracy "
-                                                             "on the reconstructions")] = None,
+                                                             "on the reconstructions (a trusted run: its checkpoint "
+                                                             "is a pickle)")] = None,
     preset: Annotated[str, typer.Option(help="paper | quick | tiny")] = "quick",
     seed: Annotated[int, typer.Option(help="attack seed (initializations, restarts)")] = 0,
     out: Annotated[Path, typer.Option(help="folder for metrics.json and the image grid")] = Path("reports/attack"),

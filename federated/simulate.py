@@ -16,13 +16,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from grp_workbench.federated import FederatedError
 from grp_workbench.federated.app import SETTINGS_ENV, FLSettings, client_app, server_app
+from grp_workbench.harness.runs import atomic_write_json, require_writable_folder
 
 
 def simulate(settings: FLSettings, num_clients: int, cpus_per_client: float = 1.0,
              verbose: bool = False) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
+    require_writable_folder(settings.output_dir, "output folder")
+    _require_same_settings(settings, num_clients)
     encoded = json.dumps(dataclasses.asdict(settings))
     previous = os.environ.get(SETTINGS_ENV)
     # the ServerApp runs in a thread of this process, and Ray's workers inherit its environment
@@ -36,4 +40,23 @@ def simulate(settings: FLSettings, num_clients: int, cpus_per_client: float = 1.
             os.environ.pop(SETTINGS_ENV, None)
         else:
             os.environ[SETTINGS_ENV] = previous
-    return json.loads((Path(settings.output_dir) / "summary.json").read_text())
+    summary_path = Path(settings.output_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    atomic_write_json(summary_path, {**summary, "num_clients": num_clients})
+    return summary
+
+
+def _require_same_settings(settings: FLSettings, num_clients: int) -> None:
+    """Captures are inputs of attacks and benchmarks: a simulation never overwrites those of other
+    settings under the same output folder."""
+    summary_path = Path(settings.output_dir) / "summary.json"
+    if not summary_path.is_file():
+        return
+    before = json.loads(summary_path.read_text())
+    now = {**dataclasses.asdict(settings), "num_clients": num_clients}
+    saved = {**before.get("settings", {}), "num_clients": before.get("num_clients", num_clients)}
+    changed = {key: (saved.get(key), value) for key, value in now.items() if saved.get(key) != value}
+    if changed:
+        detail = ", ".join(f"{key}: {a!r} -> {b!r}" for key, (a, b) in changed.items())
+        raise FederatedError(f"{settings.output_dir} holds the captures of a simulation with other settings "
+                             f"({detail}); choose another --set output_dir=..., or delete that folder to replace them.")

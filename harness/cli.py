@@ -101,7 +101,7 @@ RunDirOption = Annotated[
 ]
 ResumeOption = Annotated[
     bool, typer.Option("--resume", help="continue the run in --run-dir from its last checkpoint (it must exist; "
-                       "a finished run is kept)")
+                       "a finished run is kept). Checkpoints are pickles: resume only runs you trust")
 ]
 ResumeOrStartOption = Annotated[
     bool, typer.Option("--resume-or-start", help="continue the run in --run-dir if it exists, else start it "
@@ -119,7 +119,9 @@ def train_command(spec: "MethodSpec"):
     from grp_workbench.harness.trainer import train
 
     def command(
-        preset: Annotated[str, typer.Option(help=f"one of: {', '.join(spec.presets)}")] = "quick",
+        preset: Annotated[str, typer.Option(help="one of: " + ", ".join(
+            f"{name} ({spec.preset_costs[name]})" if name in spec.preset_costs else name for name in spec.presets))
+        ] = "quick",
         seed: Annotated[Optional[int], typer.Option(help="random seed (config field seed)")] = None,
         overrides: OverridesOption = [],  # noqa: B006
         run_dir: RunDirOption = None,

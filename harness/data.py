@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.runs import storage_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,11 @@ def cache_dir(*parts: str) -> Path:
     """A folder under the project's cache (created), outside the repository and the run directories."""
     root = Path(os.environ.get("WORKBENCH_CACHE") or Path.home() / ".cache" / "workbench").expanduser()
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HarnessError(f"{storage_error(path, err, 'create the cache folder')} Or point $WORKBENCH_CACHE at a "
+                           "writable folder.") from None
     return path
 
 

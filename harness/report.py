@@ -10,6 +10,7 @@ summary computed by ``harness.evaluation``) and renders its ``README.md``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from grp_workbench.harness.errors import HarnessError  # noqa: E402
+from grp_workbench.harness.errors import HarnessError, HarnessWarning  # noqa: E402
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, summarize  # noqa: E402
 from grp_workbench.harness.runs import (  # noqa: E402,E501
     RunDir,
@@ -43,16 +44,44 @@ class RunRecord:
     run: RunDir
 
 
+# Config keys that never change what a run measures; every other difference splits a group.
+NOT_POOLING_KEYS = {"seed", "device", "deterministic", "log_every", "checkpoint_every", "keep_checkpoints"}
+
+
 def collect_runs(roots: list[str | os.PathLike]) -> tuple[list[RunRecord], list[str]]:
-    """Finished runs below ``roots`` and a note for each run left out (unfinished, no summary)."""
-    records, skipped = [], []
+    """Finished runs below ``roots``, one group per (method, task, preset and the config keys whose
+    values differ), and a note for each run left out (unfinished, no summary, a seed already counted).
+
+    Runs of one method and task made with different presets or settings are never pooled into one
+    statistic: each such group is labelled ``method [preset=quick, total_steps=1500]``."""
+    found, skipped = [], []
     for run in find_runs(roots):
         summary = run.summary
         if not summary or summary.get("status") != "finished":
             skipped.append(f"{run.path}: {run.status()}")
             continue
-        header = run.header
-        records.append(RunRecord(header["method"], header["task"], summary["seed"], summary, run))
+        found.append((run, run.header, summary))
+    by_method_task: dict[tuple[str, str], list] = defaultdict(list)
+    for run, header, summary in found:
+        by_method_task[(header["method"], header["task"])].append((run, header, summary))
+    records = []
+    for (method, task), runs in sorted(by_method_task.items()):
+        settings = [{"preset": h.get("preset"), **{k: v for k, v in h.get("config", {}).items()
+                                                   if k not in NOT_POOLING_KEYS}} for _, h, _ in runs]
+        differing = sorted({k for s in settings for k in s if len({repr(o.get(k)) for o in settings}) > 1},
+                           key=lambda k: (k != "preset", k))
+        seen: set[tuple[str, int]] = set()
+        for (run, _, summary), setting in sorted(zip(runs, settings), key=lambda pair: str(pair[0][0].path)):
+            label = method
+            if differing:
+                label += " [" + ", ".join(f"{k}={setting.get(k)}" for k in differing) + "]"
+            if (label, summary["seed"]) in seen:
+                note = f"{run.path}: seed {summary['seed']} of {label} on {task} is already counted (duplicate seed)"
+                warnings.warn(note, HarnessWarning, stacklevel=2)
+                skipped.append(note)
+                continue
+            seen.add((label, summary["seed"]))
+            records.append(RunRecord(label, task, summary["seed"], summary, run))
     return records, skipped
 
 
@@ -136,13 +165,15 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> Path | None:
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(tasks) * len(methods)), 3.4))
     for i, method in enumerate(methods):
+        labelled = False  # the legend names every method, also one without a bar in the first task
         for j, task in enumerate(tasks):
             row = next((r for r in rows if r["method"] == method and r["task"] == task), None)
             if row is None:
                 continue
             low, high = row["iqm_ci95"]
             ax.bar(j + i * width, row["iqm"], width, yerr=[[row["iqm"] - low], [high - row["iqm"]]], capsize=4,
-                   color=f"C{i}", label=method if j == 0 else None)
+                   color=f"C{i}", label=None if labelled else method)
+            labelled = True
     ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(tasks))], tasks)
     ax.set_ylabel(f"{rows[0]['metric']} (IQM, 95% CI)")
     ax.grid(axis="y", alpha=0.3)
@@ -219,12 +250,20 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
         if curve:
             lines += [f"![{name} learning curves]({curve.relative_to(out_dir)})",
                       "", "Curves: mean over seeds, band = bootstrap 95% CI.", ""]
+        drawn = _curves(records, name)
+        undrawn = sorted({(r.method, r.task) for r in records if name in r.summary.get("final", {})} - set(drawn))
+        if undrawn:
+            lines += ["No learning curve for " + "; ".join(f"{m} on {t}" for m, t in undrawn) + f": its runs share "
+                      f"no evaluation step with {name} (different eval_every or lengths), so no mean can be drawn.",
+                      ""]
     lines += ["## Throughput", "", markdown_table(
         [{"method": r.method, "task": r.task, "seed": r.seed, **r.summary["throughput"],
           "device": r.summary.get("device", {}).get("device", "?")} for r in records],
         [("method", "method"), ("task", "task"), ("seed", "seed"), ("steps/s", "steps_per_s"),
          ("wall s", "wall_seconds"), ("device", "device")]), ""]
-    lines += ["## Runs", ""] + [f"- `{r.run.path}` ({r.method}, {r.task}, seed {r.seed})" for r in records]
+    lines += ["## Runs", "", "Each statistic pools the seeds of one group: a method on a task with one preset and "
+              "one config (groups that differ are labelled by the settings that differ).", ""]
+    lines += [f"- `{r.run.path}` ({r.method}, {r.task}, seed {r.seed})" for r in records]
     if skipped:
         lines += ["", "Left out (not finished):"] + [f"- {s}" for s in skipped]
     lines += ["", "IQM = interquartile mean over seeds; CI = stratified bootstrap 95% percentile interval "

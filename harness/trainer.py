@@ -268,6 +268,8 @@ class MethodSpec:
     # config -> {label: file} of built artefacts the run reads (a dataset, a level set); their
     # checksums go into config.json and a resume refuses data that changed under the run
     inputs: Callable[[Any], dict[str, Any]] | None = None
+    # preset -> what it costs, shown in --help for presets that take more than a few minutes
+    preset_costs: dict[str, str] = field(default_factory=dict)
 
 
 IF_EXISTS = ("error", "resume", "resume-or-start", "overwrite")

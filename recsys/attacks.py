@@ -235,6 +235,9 @@ def dl_attack_profiles(data: InteractionData, targets: np.ndarray, lengths: np.n
     return profiles
 
 
+DL_PROFILES_VERSION = 1  # part of the cache key: bump when dl_attack_profiles makes other fakes from the same inputs
+
+
 def cached_dl_profiles(data: InteractionData, targets: np.ndarray, lengths: np.ndarray, rng: np.random.Generator,
                        cfg: SurrogateAttackConfig, quiet: bool = True) -> list[np.ndarray]:
     """``dl_attack_profiles``, computed once per (training data, targets, lengths, config, rng state) and
@@ -242,7 +245,8 @@ def cached_dl_profiles(data: InteractionData, targets: np.ndarray, lengths: np.n
     key = hashlib.sha256()
     for array in (data.train.indptr, data.train.indices, targets, lengths):
         key.update(np.ascontiguousarray(array).tobytes())
-    key.update(json.dumps([asdict(cfg), rng.bit_generator.state], sort_keys=True, default=str).encode())
+    key.update(json.dumps([asdict(cfg), rng.bit_generator.state, DL_PROFILES_VERSION], sort_keys=True,
+                          default=str).encode())
     path = cache_dir("recsys", "dl_attack") / f"{key.hexdigest()[:24]}.npz"
     if path.is_file():
         with np.load(path) as stored:

@@ -211,8 +211,9 @@ def read_movielens(path: str | os.PathLike, min_rating: float = 0.0) -> Interact
                 continue
             fields = line.split()
             if len(fields) != 4:
-                raise RecsysError(f"{path}:{number}: expected 4 fields (user item rating timestamp), "
-                                  f"found {len(fields)}.")
+                raise RecsysError(f"{path}:{number}: expected 4 fields (user item rating timestamp, separated by "
+                                  f"whitespace), found {len(fields)}. Fix or drop that line; for another layout "
+                                  "convert the file to RecBole's .inter format (a typed header names the columns).")
             try:
                 rating, stamp = float(fields[2]), float(fields[3])
             except ValueError:
@@ -245,7 +246,8 @@ def read_recbole_inter(path: str | os.PathLike) -> InteractionList:
                 continue
             fields = line.rstrip("\n").split("\t")
             if len(fields) != len(header):
-                raise RecsysError(f"{path}:{number}: {len(fields)} fields but the header has {len(header)}.")
+                raise RecsysError(f"{path}:{number}: {len(fields)} fields but the header has {len(header)} "
+                                  "(tab-separated); fix or drop that line (a field may not contain a tab).")
             try:
                 stamp = float(fields[t_col]) if t_col is not None else None
             except ValueError:

@@ -33,12 +33,15 @@ data_app = typer.Typer(help="Offline datasets built locally (cached under $WORKB
 def build_dataset(
     name: Annotated[str, typer.Argument(help="e.g. pointreach-medium")],
     seed: Annotated[int, typer.Option(help="behaviour-policy and environment seed")] = 0,
-    steps: Annotated[Optional[int], typer.Option(help="transitions (default: the builder's)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="transitions, at least 1 (default: the builder's)")] = None,
 ) -> None:
-    from grp_workbench.envs.datasets import build
+    """Build a dataset into the cache, one file per (name, seed, steps, behaviour policy, builder
+    version); the same inputs again reuse that file. NAME then means this build."""
+    from grp_workbench.envs.datasets import build, cached_build_path
 
+    reused = cached_build_path(name, seed, steps).is_file()
     path = build(name, seed=seed, n_steps=steps)
-    typer.echo(f"built {name}: {path}")
+    typer.echo(f"{'reused' if reused else 'built'} {name}: {path}")
 
 
 @data_app.command("export-minari")
@@ -77,7 +80,8 @@ data_app.command("train-behaviour", help="Train SAC behaviour policies: --set en
 @data_app.command("export-behaviour")
 def export_behaviour(
     run_dir: Annotated[str, typer.Argument(help="a finished train-behaviour run directory")],
-    medium_fraction: Annotated[float, typer.Option(help="medium: first snapshot with this share of expert")] = 1 / 3,
+    medium_fraction: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                                   help="medium: first snapshot with this share of expert")] = 1 / 3,
     out: Annotated[Optional[str], typer.Option(help="default: envs/behaviour_policies/<family>.pt")] = None,
 ) -> None:
     from grp_workbench.envs.behaviour import export_behaviour_policies
@@ -93,9 +97,9 @@ levels_app = typer.Typer(help="CaveEscape level sets (envs/levels.py).", no_args
 @levels_app.command("build")
 def build_levels(
     out: Annotated[str, typer.Option(help="folder for train.npz, test.npz, held_out.npz")] = "envs/level_sets",
-    train_per_structure: Annotated[int, typer.Option(help="training levels per training structure")] = 128,
-    test_per_structure: Annotated[int, typer.Option(help="held-out levels per training structure")] = 64,
-    held_out_per_structure: Annotated[int, typer.Option(help="levels per held-out structure")] = 14,
+    train_per_structure: Annotated[int, typer.Option(min=1, help="training levels per training structure")] = 128,
+    test_per_structure: Annotated[int, typer.Option(min=1, help="held-out levels per training structure")] = 64,
+    held_out_per_structure: Annotated[int, typer.Option(min=1, help="levels per held-out structure")] = 14,
     seed: Annotated[int, typer.Option(help="generator seed (test: +1, held-out structures: +2)")] = 123456,
 ) -> None:
     """Generate the training set, a test set of the same structures and a set of held-out structures."""

@@ -19,7 +19,6 @@ from grp_workbench.harness.report import write_report
 from grp_workbench.harness.trainer import train_cell
 from grp_workbench.recsys.train import SPECS as RECSYS
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
-from grp_workbench.rl.offline.datasets import local_dataset_path
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
 from grp_workbench.rl.ued.level_vae import SPEC as LEVEL_VAE
 from grp_workbench.rl.ued.ppo import SPECS as UED
@@ -98,11 +97,11 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
 
 
 def prepare_data() -> None:
-    """Build the datasets the demo needs if the cache lacks them."""
-    from grp_workbench.envs.datasets import build
+    """Build the datasets the demo needs, or reuse the cached build of the same inputs."""
+    from grp_workbench.envs.datasets import build, cached_build_path
 
-    if not local_dataset_path(OFFLINE["dataset"]).is_file():
-        print(f"building {OFFLINE['dataset']} -> {build(OFFLINE['dataset'])}")
+    verb = "reusing" if cached_build_path(OFFLINE["dataset"]).is_file() else "building"
+    print(f"{verb} {OFFLINE['dataset']} -> {build(OFFLINE['dataset'])}")
 
 
 def main() -> int:

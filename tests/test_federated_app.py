@@ -129,3 +129,48 @@ def test_attack_runs_on_a_capture_and_scores_against_the_recomputed_batch(tmp_pa
     assert result["metrics"]["label_accuracy"] == 1.0 and result["metrics"]["psnr"] > 15
     with pytest.raises(FederatedError, match="train-prior"):
         run_attack("gifd", strategy.captured[0], preset="tiny")
+
+
+# ---- captures ------------------------------------------------------------------------------------
+def test_captures_that_are_missing_corrupt_foreign_or_unsafe_are_one_line(tmp_path):
+    import os
+    from pathlib import Path
+
+
+    _, strategy, _ = _capture_one_update(tmp_path, batch_size=1, local_lr=0.1)
+    good = Path(strategy.captured[0])
+    record = torch.load(good, weights_only=True)
+    with pytest.raises(FederatedError, match=f"capture {tmp_path / 'nope.pt'} does not exist"):
+        read_capture(tmp_path / "nope.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(FederatedError, match=f"capture {corrupt} is not a readable capture"):
+        read_capture(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({**record, "global_weights": torch.nn.Linear(3, 2).state_dict()}, foreign)
+    with pytest.raises(FederatedError, match=f"capture {foreign} was made on another model: its global_weights"):
+        read_capture(foreign)
+
+    class Payload:  # what an attacker would plant: unpickling calls os.system
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({**record, "settings": Payload()}, unsafe)
+    with pytest.raises(FederatedError, match="refused because unpickling it could run code"):
+        read_capture(unsafe)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_simulation_never_overwrites_captures_of_other_settings(tmp_path):
+    import dataclasses
+    import json
+
+    from grp_workbench.federated.simulate import _require_same_settings
+
+    settings = FLSettings(output_dir=str(tmp_path))
+    (tmp_path / "summary.json").write_text(json.dumps({"settings": dataclasses.asdict(settings), "num_clients": 10}))
+    _require_same_settings(settings, 10)  # the same simulation again may rewrite its own captures
+    with pytest.raises(FederatedError, match="holds the captures of a simulation with other settings \\(batch_size: "
+                                             "8 -> 2, num_clients: 10 -> 20\\)"):
+        _require_same_settings(dataclasses.replace(settings, batch_size=2), 20)

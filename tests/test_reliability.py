@@ -145,3 +145,83 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(HarnessError, match=r"^cannot write .*summary.json: the disk is full; free some space\.$"):
         atomic_write_json(tmp_path / "summary.json", {})
     require_writable_folder(tmp_path / "new" / "deeper")  # a creatable folder passes
+
+
+# ---- data keyed by what built it ------------------------------------------------------------------
+def test_a_dataset_rebuilt_under_its_name_never_changes_what_a_resumed_run_trains_on(tmp_path):
+    from grp_workbench.envs.datasets import build
+    from grp_workbench.harness.runs import file_sha256, read_json
+    from grp_workbench.rl.offline.td3bc import SPEC
+
+    first = build("pointreach-medium", seed=0, n_steps=300)
+    config = build_config(SPEC.config_cls, SPEC.presets, "tiny", {
+        "dataset": "pointreach-medium", "hidden": "32", "batch_size": "64", "total_steps": "20", "eval_every": "10",
+        "checkpoint_every": "10", "eval_episodes": "1"})
+    run = RunDir(tmp_path / "run")
+    train(SPEC, config, run.path, "tiny", quiet=True)
+    assert read_json(run.path / "config.json")["inputs"]["dataset"] == {"path": str(first),
+                                                                      "sha256": file_sha256(first)}
+    (run.path / "summary.json").unlink()  # an unfinished run: it has a checkpoint to resume from
+    second = build("pointreach-medium", seed=1, n_steps=300)
+    assert second != first and first.is_file()  # another build is another file; the first is kept
+    with pytest.raises(HarnessError, match=f"the dataset under run {run.path} changed since it started: it trained "
+                                           f"on {first} .* which is now {second}"):
+        train(SPEC, config, run.path, "tiny", if_exists="resume", quiet=True)
+    assert build("pointreach-medium", seed=0, n_steps=300) == first  # the same inputs reuse the cached file
+    assert train(SPEC, config, run.path, "tiny", if_exists="resume", quiet=True)["status"] == "finished"
+
+
+def test_counts_below_one_are_errors_naming_the_option(tmp_path):
+    from grp_workbench.envs.datasets import build
+    from grp_workbench.rl import RLError
+
+    with pytest.raises(RLError, match="--steps 0: a dataset needs at least 1 transition"):
+        build("pointreach-medium", n_steps=0)
+    result = subprocess.run([sys.executable, "-m", "grp_workbench.harness.cli", "rl", "levels", "build", "--out",
+                             str(tmp_path), "--train-per-structure", "0"], capture_output=True, text=True)
+    assert result.returncode == 2 and "'--train-per-structure': 0 is not in the range x>=1" in result.stderr
+
+
+def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
+    from grp_workbench.harness.data import cache_dir
+
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("WORKBENCH_CACHE", str(blocker))
+    with pytest.raises(HarnessError, match="cannot create the cache folder .*a part of the path is a file.*"
+                                           "point \\$WORKBENCH_CACHE at a writable folder"):
+        cache_dir("offline_rl")
+
+
+def test_a_dataset_path_that_is_a_folder_says_so(tmp_path):
+    from grp_workbench.rl import RLError
+    from grp_workbench.rl.offline.datasets import load_dataset
+
+    with pytest.raises(RLError, match=f"dataset path {tmp_path / 'data.hdf5'} is a folder"):
+        (tmp_path / "data.hdf5").mkdir()
+        load_dataset(str(tmp_path / "data.hdf5"))
+
+
+
+def test_a_dataset_that_would_not_fit_on_the_disk_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
+    import shutil
+
+    from grp_workbench.envs.datasets import build
+    from grp_workbench.rl import RLError
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 10))
+    with pytest.raises(RLError, match=f"cannot write {tmp_path / 'pr.hdf5'}: 0 MiB free, up to 1 MiB needed; free "
+                                      "some space"):
+        build("pointreach-medium", n_steps=300, path=tmp_path / "pr.hdf5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_off_a_terminal_training_prints_progress_lines(tmp_path, monkeypatch, capsys):
+    import grp_workbench.harness.trainer as trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_LINE_SECONDS", 0.0)  # every step, instead of every 30 s
+    train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{tmp_path / 'run'}: step")]
+    assert len(lines) == 20 and lines[-1].startswith(f"{tmp_path / 'run'}: step 20/20 (100%)")
+    train(TOY_SPEC, _config(total_steps=20), tmp_path / "quiet", "paper", quiet=True)
+    assert "step" not in capsys.readouterr().err

@@ -52,3 +52,36 @@ def test_image_grid_writes_rows_of_unequal_length(tmp_path):
     path = plot_image_grid({"a": [np.zeros((4, 4))] * 3, "b": [np.ones((4, 4, 3))]}, tmp_path / "g.png",
                            titles={"a": ["x", "y", "z"]}, cmap="gray")
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_report_never_pools_runs_of_different_settings_or_counts_a_seed_twice(tmp_path):
+    import shutil
+
+    import pytest
+
+    from grp_workbench.harness.errors import HarnessWarning
+
+    runs = _runs(tmp_path / "runs")
+    train(TOY_SPEC, build_config(ToyConfig, TOY_PRESETS, "paper", {"seed": 0}), runs / "paper-seed0", "paper",
+          quiet=True)
+    shutil.copytree(runs / "seed1", runs / "zz-copy-of-seed1")
+    (runs / "paper-seed0" / "metrics.jsonl").unlink()  # its curve cannot be drawn
+    duplicate = r"seed 1 of toy \[preset=quick, total_steps=40\] on linear is already counted \(duplicate seed"
+    with pytest.warns(HarnessWarning, match=duplicate):
+        text = write_report([runs], tmp_path / "report").read_text()
+    assert "| toy [preset=quick, total_steps=40] | linear | 3 |" in text
+    assert "| toy [preset=paper, total_steps=60] | linear | 1 |" in text
+    assert "zz-copy-of-seed1: seed 1 of toy [preset=quick, total_steps=40] on linear is already counted" in text
+    assert "No learning curve for toy [preset=paper, total_steps=60] on linear: its runs share no evaluation" in text
+
+
+def test_bar_chart_legend_names_every_method(tmp_path, monkeypatch):
+    import grp_workbench.harness.report as report
+
+    shown = {}
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: shown.setdefault(
+        "legend", [t.get_text() for t in fig.axes[0].get_legend().get_texts()]))
+    rows = [{"method": "a", "task": "t1", "metric": "m", "iqm": 1.0, "iqm_ci95": [0.5, 1.5]},
+            {"method": "b", "task": "t2", "metric": "m", "iqm": 2.0, "iqm_ci95": [1.5, 2.5]}]
+    report.plot_bars(rows, tmp_path / "bars.png")
+    assert shown["legend"] == ["a", "b"]

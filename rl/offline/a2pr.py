@@ -33,7 +33,7 @@ from torch import nn
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
 from grp_workbench.rl.common.networks import frozen_forward, vectorized_mlp
-from grp_workbench.rl.offline.common import OfflineConfig, task_name
+from grp_workbench.rl.offline.common import OfflineConfig, offline_inputs, task_name
 from grp_workbench.rl.offline.datasets import task_family
 from grp_workbench.rl.offline.td3bc import TD3BC
 
@@ -177,4 +177,5 @@ def _build(config: A2PRConfig, policy: DevicePolicy) -> A2PR:
     return A2PR(config, policy)
 
 
-SPEC = MethodSpec(name="a2pr", config_cls=A2PRConfig, presets=PRESETS, build=_build, task=task_name)
+SPEC = MethodSpec(name="a2pr", config_cls=A2PRConfig, presets=PRESETS, build=_build, task=task_name,
+                 inputs=offline_inputs)

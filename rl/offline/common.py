@@ -20,7 +20,7 @@ from grp_workbench.envs import make_env
 from grp_workbench.harness.config import TrainConfig
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.rl import RLError
-from grp_workbench.rl.offline.datasets import TransitionDataset, load_dataset
+from grp_workbench.rl.offline.datasets import TransitionDataset, dataset_inputs, load_dataset
 
 
 @dataclass
@@ -145,6 +145,11 @@ class OfflineAlgorithm:
         self.updates = state["updates"]
         for name, module in self.modules().items():
             module.load_state_dict(state[name])
+
+
+def offline_inputs(config: OfflineConfig) -> dict[str, Any]:
+    """The dataset file a run trains on; its checksum goes into the run's config.json."""
+    return dataset_inputs(config.dataset)
 
 
 def task_name(config: OfflineConfig) -> str:

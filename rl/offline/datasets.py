@@ -17,6 +17,7 @@ policies on the same Gymnasium environment version, and scores from it are label
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from grp_workbench.harness.data import cache_dir
+from grp_workbench.harness.runs import atomic_write_text, require_writable_folder, storage_error
 from grp_workbench.rl import RLError
 
 # D4RL's REF_MIN_SCORE / REF_MAX_SCORE (d4rl/infos.py), shared by all -v0..-v2 levels of a task.
@@ -113,7 +115,8 @@ def validate_arrays(arrays: dict[str, np.ndarray], source: str, obs_dim: int | N
             raise RLError(f"{source}: key {key!r} has shape {arrays[key].shape}, expected (steps, dim).")
         if key in arrays and width is not None and arrays[key].shape[1] != width:
             raise RLError(f"{source}: key {key!r} has width {arrays[key].shape[1]} but the environment expects "
-                          f"{width}; the dataset was made for another environment (pass the matching --env).")
+                          f"{width}; the dataset was made for another environment (name the matching one with "
+                          "--set env=ENV_ID).")
     for key in ("rewards", "terminals", "timeouts"):
         if arrays[key].ndim != 1:
             raise RLError(f"{source}: key {key!r} has shape {arrays[key].shape}, expected (steps,).")
@@ -147,7 +150,13 @@ def write_d4rl_hdf5(path: str | os.PathLike, arrays: dict[str, np.ndarray], attr
 
     path = Path(path)
     validate_arrays(arrays, str(path))
+    require_writable_folder(path.parent, "dataset folder")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # HDF5 has crashed the process on a full disk: check for room first (uncompressed size, an upper bound)
+    needed, free = sum(a.nbytes for a in arrays.values()) + (1 << 20), shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise RLError(f"cannot write {path}: {free / 2**20:.0f} MiB free, up to {needed / 2**20:.0f} MiB needed; free "
+                      "some space or point $WORKBENCH_CACHE at another disk.")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
@@ -156,6 +165,8 @@ def write_d4rl_hdf5(path: str | os.PathLike, arrays: dict[str, np.ndarray], attr
             for key, value in attrs.items():
                 f.attrs[key] = value
         os.replace(tmp, path)
+    except OSError as err:
+        raise storage_error(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -167,7 +178,8 @@ def read_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Transi
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise RLError(f"dataset file {path} does not exist; pass the path of a D4RL-format .hdf5 file.")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise RLError(f"dataset file {path} {what}; pass the path of a D4RL-format .hdf5 file.")
     try:
         with h5py.File(path, "r") as f:
             arrays = {k: f[k][()] for k in (*REQUIRED_KEYS, "next_observations") if k in f}
@@ -177,7 +189,8 @@ def read_d4rl_hdf5(path: str | os.PathLike, env_id: str | None = None) -> Transi
     family = task_family(attrs.get("name", "") or path.stem)
     env_id = env_id or attrs.get("env_id") or GYMNASIUM_ENV_IDS.get(family)
     if not env_id:
-        raise RLError(f"{path}: cannot tell which environment the data comes from; pass --env (e.g. Hopper-v5).")
+        raise RLError(f"{path}: cannot tell which environment the data comes from; pass it with --set env=ENV_ID "
+                      "(e.g. env=Hopper-v5).")
     obs_dim, action_dim = _space_dims(env_id)
     validate_arrays(arrays, str(path), obs_dim, action_dim)
     if "ref_min_return" in attrs:
@@ -277,8 +290,26 @@ def read_d4rl(name: str, env_id: str | None = None) -> TransitionDataset:
 
 
 # ---- one entry point -----------------------------------------------------------------------------
-def local_dataset_path(name: str) -> Path:
-    return cache_dir("offline_rl") / f"{name}.hdf5"
+def built_dataset_dir(name: str) -> Path:
+    """Every build of ``name`` (``<cache>/offline_rl/<name>/seed<S>-steps<N>-<key>.hdf5``, one file per
+    set of build inputs, never overwritten) and a ``current`` file naming the one ``name`` means."""
+    return cache_dir("offline_rl", name)
+
+
+def current_dataset_path(name: str) -> Path | None:
+    """The file a built name stands for: its last build (``workbench rl data build``), else a file
+    of the flat layout of earlier versions (``<cache>/offline_rl/<name>.hdf5``), else None."""
+    pointer = built_dataset_dir(name) / "current"
+    if pointer.is_file():
+        path = pointer.parent / pointer.read_text().strip()
+        if path.is_file():
+            return path
+    legacy = cache_dir("offline_rl") / f"{name}.hdf5"
+    return legacy if legacy.is_file() else None
+
+
+def make_current(name: str, path: Path) -> None:
+    atomic_write_text(built_dataset_dir(name) / "current", path.name + "\n")
 
 
 def load_dataset(spec: str, env_id: str | None = None) -> TransitionDataset:
@@ -294,9 +325,18 @@ def load_dataset(spec: str, env_id: str | None = None) -> TransitionDataset:
 def dataset_file(spec: str) -> Path:
     """The HDF5 file of ``path/to/file.hdf5`` or of a locally built name (which must be built)."""
     if spec.endswith((".hdf5", ".h5")) or os.sep in spec:
-        return Path(spec)
-    path = local_dataset_path(spec)
-    if not path.is_file():
-        raise RLError(f"dataset {spec!r} is not built yet ({path} missing): run `workbench rl data build {spec}`, or "
-                      "pass a .hdf5 path, minari:<id> or d4rl:<name>.")
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            raise RLError(f"dataset path {path} is a folder; pass the .hdf5 file inside it.")
+        return path
+    path = current_dataset_path(spec)
+    if path is None:
+        raise RLError(f"dataset {spec!r} is not built yet (nothing under {built_dataset_dir(spec)}): run `workbench "
+                      f"rl data build {spec}`, or pass a .hdf5 path, minari:<id> or d4rl:<name>.")
     return path
+
+
+def dataset_inputs(spec: str) -> dict[str, Path]:
+    """What a run on ``spec`` reads from disk, for the run's input checksums (``MethodSpec.inputs``):
+    a built dataset or an .hdf5 file; Minari and d4rl data live in their own stores."""
+    return {} if spec.startswith(("minari:", "d4rl:")) else {"dataset": dataset_file(spec)}

@@ -23,7 +23,7 @@ from torch import nn
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
 from grp_workbench.rl.common.networks import VectorizedLinear, soft_update, vectorized_mlp
-from grp_workbench.rl.offline.common import OfflineAlgorithm, OfflineConfig, task_name
+from grp_workbench.rl.offline.common import OfflineAlgorithm, OfflineConfig, offline_inputs, task_name
 
 
 class TwinCritic(nn.Module):
@@ -158,4 +158,5 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"total_steps": 500, "eval_every": 250, "log_every": 50, "checkpoint_every": 250, "eval_episodes": 2},
 }
 
-SPEC = MethodSpec(name="td3bc", config_cls=OfflineConfig, presets=PRESETS, build=TD3BC, task=task_name)
+SPEC = MethodSpec(name="td3bc", config_cls=OfflineConfig, presets=PRESETS, build=TD3BC, task=task_name,
+                 inputs=offline_inputs)
