@@ -148,9 +148,9 @@ def train_command(spec: "MethodSpec"):
                 else "error")
         summary = train(spec, config, str(target), preset, if_exists=mode, quiet=quiet)
         metric = summary["main_metric"]
-        typer.echo(f"{summary['status']}: {target} step {summary['step']}, {metric} "
-                   f"{summary['final'].get(metric, float('nan')):.4f} "
-                   f"(best {summary['best'].get(metric, float('nan')):.4f}), "
+        scores = (f"{metric} {summary['final'][metric]:.4f} (best {summary['best'][metric]:.4f})"
+                  if metric in summary["final"] else "no evaluation yet")
+        typer.echo(f"{summary['status']}: {target} step {summary['step']}, {scores}, "
                    f"{summary['throughput']['steps_per_s']:.1f} steps/s")
         if summary["status"] == "interrupted":  # a stopped run is not a success; --resume continues it
             raise typer.Exit(130)

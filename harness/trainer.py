@@ -342,7 +342,8 @@ def _require_same_inputs(run: RunDir, inputs: dict[str, dict[str, str]]) -> None
             raise HarnessError(
                 f"the {label} under run {run.path} changed since it started: it trained on {before['path']} "
                 f"(sha256 {before['sha256'][:12]}), which is now {now['path']} (sha256 {now['sha256'][:12]}). "
-                "Rebuild the original, or start a new --run-dir (or --overwrite)."
+                "Restore the original (rebuilding with the inputs it was built from, such as the seed and steps in "
+                "its file name, reuses a cached build), or start a new --run-dir (or --overwrite)."
             )
 
 
