@@ -1,22 +1,31 @@
 """`make demo`: a short end-to-end run of every method that exists, then one report.
 
-Each method trains in its ``quick`` preset into ``runs/demo/<method>/...``; rerunning skips finished
-runs and resumes interrupted ones. The report (tables + figures) goes to ``reports/demo/report.md``.
+Each method trains with a demo budget (its ``quick`` preset shortened by the settings below, sized
+so that the whole demo takes under 10 minutes on 2 idle CPU cores) into ``runs/demo/<method>/...``.
+A rerun reuses what an earlier demo finished with the same settings (and says so), resumes what it
+left unfinished, and retrains what it made with other settings. Every step prints a line when it
+starts and ends, and off a terminal a line every 30 s; the report (tables, figures and the time of
+each step) goes to ``reports/demo/report.md``. ``python scripts/demo.py --fresh`` measures the
+whole demo from nothing (it deletes ``runs/demo`` and ``reports/demo`` first).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
-from grp_workbench.harness.config import build_config
+from grp_workbench.harness.config import build_config, config_from_dict, diff_configs
 from grp_workbench.harness.errors import WorkbenchError
+from grp_workbench.harness.progress import step
 from grp_workbench.harness.report import write_report
-from grp_workbench.harness.trainer import train_cell
+from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.trainer import train, train_cell
 from grp_workbench.recsys.train import SPECS as RECSYS
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
@@ -75,9 +84,13 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
     from grp_workbench.federated.simulate import simulate
 
     captures = Path(runs) / "federated" / "captures"
+    how = "reused capture"
     if not captures.is_dir():
         simulate(FLSettings(num_server_rounds=1, fraction_train=1.0, batch_size=1, capture_rounds="1",
                             capture_partitions="0", output_dir=str(captures.parent)), num_clients=3)
+        how = "simulated"
+    else:
+        print(f"reused the capture of an earlier demo in {captures}")
     capture = sorted(captures.glob("*.pt"))[0]
     prior = load_generator(prior_run)
     rows, lines = {}, ["| attack | PSNR (dB) | SSIM | label accuracy | seconds |", "| --- | --- | --- | --- | --- |"]
@@ -94,26 +107,59 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
                 f"Flower simulation (3 clients, FedSGD, batch 1), the curious server's capture `{capture.name}`, "
                 "attacked with the quick presets; GIFD uses the DCGAN prior above.\n\n"
                 + "\n".join(lines) + f"\n\n![originals and reconstructions]({grid.name})\n")
+    return how
 
 
-def prepare_data() -> None:
-    """Build the datasets the demo needs, or reuse the cached build of the same inputs."""
+def prepare_data() -> str:
+    """Build the dataset the demo needs, or reuse the cached build of the same inputs."""
     from grp_workbench.envs.datasets import build, cached_build_path
 
-    verb = "reusing" if cached_build_path(OFFLINE["dataset"]).is_file() else "building"
-    print(f"{verb} {OFFLINE['dataset']} -> {build(OFFLINE['dataset'])}")
+    verb = "reused the cached" if cached_build_path(OFFLINE["dataset"]).is_file() else "built"
+    path = build(OFFLINE["dataset"])
+    print(f"{verb} {OFFLINE['dataset']}: {path}")
+    return verb.split()[0]
+
+
+def train_demo_cell(spec, config, run_dir: str, preset: str, quiet: bool) -> tuple[dict, str]:
+    """Train one demo run; a finished run of an earlier demo with the same settings is reused, one
+    made with other settings is trained again. Returns the summary and what happened."""
+    existing = RunDir(run_dir)
+    if existing.exists():
+        changed = diff_configs(config_from_dict(spec.config_cls, existing.header["config"]), config)
+        if changed:
+            print(f"{run_dir} was made with other settings ({', '.join(changed)}); training it again")
+            return train(spec, config, run_dir, preset, if_exists="overwrite", quiet=quiet), "trained"
+        if existing.is_finished():
+            print(f"reused {run_dir}: finished by an earlier demo with the same settings")
+            return existing.summary, "reused"
+    return train_cell(spec, config, run_dir, preset, quiet=quiet), "trained"
+
+
+def timing_table(timings: list[tuple[str, float, str]]) -> str:
+    rows = [f"| {label} | {seconds:.0f} | {how} |" for label, seconds, how in timings]
+    total = sum(seconds for _, seconds, _ in timings)
+    return "\n".join(["| step | seconds | |", "| --- | --- | --- |", *rows, f"| **total** | **{total:.0f}** | |"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per method (default: 0)")
-    parser.add_argument("--preset", default="quick", help="preset for every method (default: quick)")
+    parser.add_argument("--preset", default="quick", help="preset under the demo budgets (default: quick)")
     parser.add_argument("--runs", default="runs/demo", help="where the run directories go")
     parser.add_argument("--out", default="reports/demo", help="where the report goes")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--fresh", action="store_true", help="delete the runs and report of earlier demos first "
+                        "(to measure the whole demo)")
     args = parser.parse_args()
+    if args.fresh:
+        for folder in (args.runs, args.out):
+            shutil.rmtree(folder, ignore_errors=True)
+    timings: list[tuple[str, float, str]] = []
+    started = time.perf_counter()
     try:
-        prepare_data()
+        with step("offline dataset") as timed:
+            how = prepare_data()
+        timings.append((f"dataset {OFFLINE['dataset']}", timed["seconds"], how))
         vae_run = f"{args.runs}/{LEVEL_VAE.name}/cave_escape/{args.preset}-seed0"
         for spec, overrides in DEMO_METHODS:
             for seed in args.seeds:
@@ -121,21 +167,31 @@ def main() -> int:
                     overrides = {**overrides, "vae_run": vae_run}
                 config = build_config(spec.config_cls, spec.presets, args.preset, {**overrides, "seed": seed})
                 run_dir = f"{args.runs}/{spec.name}/{spec.task(config)}/{args.preset}-seed{seed}"
-                start = time.perf_counter()
-                summary = train_cell(spec, config, run_dir, args.preset, quiet=args.quiet)
+                with step(f"train {spec.name} seed {seed}") as timed:
+                    summary, how = train_demo_cell(spec, config, run_dir, args.preset, args.quiet)
                 metric = summary["main_metric"]
-                print(f"{spec.name} seed {seed}: {metric} {summary['final'][metric]:.4f} "
-                      f"({time.perf_counter() - start:.0f} s) -> {run_dir}")
-        path = write_report([args.runs], args.out, metrics=REPORT_METRICS, title="workbench demo")
-        level_picture(args.out, vae_run)
+                print(f"{spec.name} seed {seed}: {metric} {summary['final'][metric]:.4f} -> {run_dir}")
+                timings.append((f"{spec.name} on {spec.task(config)}, seed {seed}", timed["seconds"], how))
+        with step("report") as timed:
+            path = write_report([args.runs], args.out, metrics=REPORT_METRICS, title="workbench demo")
+            level_picture(args.out, vae_run)
+        timings.append(("report (tables, figures, levels)", timed["seconds"], ""))
         prior_overrides = next(overrides for spec, overrides in DEMO_METHODS if spec is PRIOR)
         prior_config = build_config(PRIOR.config_cls, PRIOR.presets, args.preset, {**prior_overrides, "seed": 0})
-        gradient_inversion_demo(args.runs, args.out,
-                                f"{args.runs}/{PRIOR.name}/{PRIOR.task(prior_config)}/{args.preset}-seed0")
+        with step("gradient inversion: Flower simulation, IG and GIFD") as timed:
+            how = gradient_inversion_demo(args.runs, args.out,
+                                          f"{args.runs}/{PRIOR.name}/{PRIOR.task(prior_config)}/{args.preset}-seed0")
+        timings.append(("Flower simulation + IG and GIFD attacks", timed["seconds"], how))
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"report: {path}")
+    total = time.perf_counter() - started
+    with open(path, "a") as f:
+        f.write(f"\n## Time of each step\n\nWall-clock seconds of this `make demo` ({total:.0f} s in all, on "
+                f"{os.cpu_count()} CPU cores); \"reused\" steps took what an earlier demo built.\n\n"
+                + timing_table(timings) + "\n")
+    print(timing_table(timings))
+    print(f"demo finished in {total:.0f} s; report: {path}")
     return 0
 
 
