@@ -32,21 +32,25 @@ from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
 from grp_workbench.rl.ued.level_vae import SPEC as LEVEL_VAE
 from grp_workbench.rl.ued.ppo import SPECS as UED
 
+# Demo budgets: each method's quick preset cut to what shows it working (measured on 2 idle CPU
+# cores, 2026-11-30: the classifier reaches 0.97-0.98 held-out accuracy by step 250-500; TD3+BC and
+# A2PR pass the data's behaviour level on PointReach by step 250; DRED solves some levels).
 # offline RL on a dataset the project builds in seconds; the MuJoCo ones take hours of SAC training
-OFFLINE = {"dataset": "pointreach-medium", "total_steps": 1000, "eval_every": 250, "checkpoint_every": 500}
+OFFLINE = {"dataset": "pointreach-medium", "total_steps": 400, "eval_every": 200, "checkpoint_every": 200}
+RECSYS_DEMO = {"attack": "bandwagon", "total_steps": 40, "eval_every": 20, "begin_adv": 20}
 
 # (method spec, overrides) for every method in the workbench; each new method adds its line and the
 # metrics its report tables should show.
 DEMO_METHODS = [
-    (CLASSIFIER, {}),
+    (CLASSIFIER, {"total_steps": 400, "eval_every": 200, "checkpoint_every": 200}),
     # attacked vs defended recommender: bandwagon poisoning of MF, without a defense and with VAT
-    (RECSYS["bpr"], {"attack": "bandwagon"}),
-    (RECSYS["vat"], {"attack": "bandwagon"}),
+    (RECSYS["bpr"], RECSYS_DEMO),
+    (RECSYS["vat"], RECSYS_DEMO),
     # offline RL: the TD3+BC baseline and A2PR on the same data
     (TD3BC, OFFLINE),
     (A2PR, OFFLINE),
     # the gradient-inversion attacker's DCGAN prior (images no Flower client holds), shortened
-    (PRIOR, {"total_steps": 600, "eval_every": 300, "checkpoint_every": 300}),
+    (PRIOR, {"total_steps": 400, "eval_every": 200, "checkpoint_every": 200}),
     # DRED: the level VAE on the shipped training levels, then a short student run on CaveEscape
     (LEVEL_VAE, {"total_steps": 1000, "eval_every": 500, "checkpoint_every": 500}),
     (UED["dred"], {"num_envs": 32, "num_steps": 256, "total_steps": 16384, "eval_every": 8192,
@@ -110,14 +114,17 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
     return how
 
 
-def prepare_data() -> str:
-    """Build the dataset the demo needs, or reuse the cached build of the same inputs."""
+def prepare_data() -> tuple[str, float]:
+    """Build the dataset the demo needs, or reuse the cached build of the same inputs; returns what
+    happened and the normalized score of the data's behaviour policy (the level to beat)."""
     from grp_workbench.envs.datasets import build, cached_build_path
+    from grp_workbench.rl.offline.datasets import describe_hdf5
 
     verb = "reused the cached" if cached_build_path(OFFLINE["dataset"]).is_file() else "built"
     path = build(OFFLINE["dataset"])
-    print(f"{verb} {OFFLINE['dataset']}: {path}")
-    return verb.split()[0]
+    behaviour = describe_hdf5(path)["normalized_return_mean"]
+    print(f"{verb} {OFFLINE['dataset']}: {path} (behaviour policy: {behaviour:.1f} normalized)")
+    return verb.split()[0], behaviour
 
 
 def train_demo_cell(spec, config, run_dir: str, preset: str, quiet: bool) -> tuple[dict, str]:
@@ -158,7 +165,7 @@ def main() -> int:
     started = time.perf_counter()
     try:
         with step("offline dataset") as timed:
-            how = prepare_data()
+            how, behaviour = prepare_data()
         timings.append((f"dataset {OFFLINE['dataset']}", timed["seconds"], how))
         vae_run = f"{args.runs}/{LEVEL_VAE.name}/cave_escape/{args.preset}-seed0"
         for spec, overrides in DEMO_METHODS:
@@ -188,8 +195,9 @@ def main() -> int:
     total = time.perf_counter() - started
     with open(path, "a") as f:
         f.write(f"\n## Time of each step\n\nWall-clock seconds of this `make demo` ({total:.0f} s in all, on "
-                f"{os.cpu_count()} CPU cores); \"reused\" steps took what an earlier demo built.\n\n"
-                + timing_table(timings) + "\n")
+                f"{os.cpu_count()} CPU cores); \"reused\" steps took what an earlier demo built. The offline RL "
+                f"rows compare with the behaviour policy of {OFFLINE['dataset']}, which scores {behaviour:.1f} "
+                "(normalized).\n\n" + timing_table(timings) + "\n")
     print(timing_table(timings))
     print(f"demo finished in {total:.0f} s; report: {path}")
     return 0
