@@ -179,6 +179,59 @@ def runs(
                    f"seed={header.get('config', {}).get('seed')}\t{run.status()}\t{shown}")
 
 
+def _names(value: Optional[str]) -> Optional[tuple[str, ...]]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+@app.command()
+def bench(
+    suite: Annotated[Optional[str], typer.Argument(help="a suite (see --list)")] = None,
+    list_suites: Annotated[bool, typer.Option("--list", help="list the suites and stop")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the cells, which are done, and the estimated "
+                                          "cost of the rest; train nothing")] = False,
+    executor: Annotated[str, typer.Option(help="local (this process) | workers (--workers processes here) | "
+                                          "ray (a local Ray instance, or the cluster at --address)")] = "local",
+    workers: Annotated[int, typer.Option(min=1, help="processes for --executor workers")] = 2,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (ray://host:10001 or host:6379); the "
+                                                   "run root must then be a path every node sees")] = None,
+    budget: Annotated[str, typer.Option(help="cpu (what the suite's README reports) | paper")] = "cpu",
+    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: the budget's)")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods to run (default: all)")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated tasks to run (default: all)")] = None,
+    runs: Annotated[Optional[Path], typer.Option(help="run root (default: runs/bench/<suite>)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="results folder (default: benchmarks/<suite>)")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
+) -> None:
+    """Run a benchmark suite: its declared grid of cells, resumable, with results.json and a README."""
+    from grp_workbench.harness.bench import BenchOptions, estimated_seconds, load_suite, plan, run_suite, suite_names
+
+    if list_suites or suite is None:
+        for name in suite_names():
+            typer.echo(name)
+        return
+    try:
+        seed_list = tuple(int(s) for s in _names(seeds)) if seeds else None
+    except ValueError:
+        raise typer.BadParameter(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    options = BenchOptions(budget=budget, seeds=seed_list, methods=_names(methods), tasks=_names(tasks),
+                           runs=str(runs or ""), out=str(out or ""), device=device)
+    if dry_run:
+        loaded = load_suite(suite)
+        todo = plan(loaded, options)
+        typer.echo(f"{loaded.name}: {len(todo.cells)} cells, {len(todo.done)} done, {len(todo.todo)} to run "
+                   f"(run root {loaded.run_root(options)})")
+        for index in todo.todo:
+            cell = todo.cells[index]
+            seconds = estimated_seconds(loaded, options, cell)
+            cost = f"~{seconds / 60:.0f} min left at its measured speed" if seconds is not None else "cost unknown"
+            typer.echo(f"  to run: {cell.method} {cell.task} seed {cell.seed} -> {cell.run} ({cost})")
+        return
+    command = "workbench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("workbench") else ""
+    after = run_suite(suite, options, executor=executor, workers=workers, address=address, command=command,
+                      quiet=False)
+    typer.echo(f"{suite}: {len(after.done)} of {len(after.cells)} cells done")
+
+
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="run directories or folders containing runs")],

@@ -273,14 +273,24 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
     return path
 
 
+def portable(text: str) -> str:
+    """``text`` with this checkout's absolute folder (and the working directory) removed, so that a
+    committed command or note reruns as written on any machine's checkout."""
+    for root in sorted({str(Path.cwd().resolve()), str(Path(__file__).resolve().parents[1])}, key=len, reverse=True):
+        text = text.replace(root + os.sep, "").replace(root, ".")
+    return text
+
+
 def write_results(out_dir: str | os.PathLike, suite: str, command: str, records: list[dict[str, Any]],
-                  notes: str = "", reps: int = 2000, extra_markdown: str = "") -> Path:
+                  notes: str = "", reps: int = 2000, extra_markdown: str = "", opening: str = "") -> Path:
     """Benchmark results in the common format (../shared/DESIGN.md), plus a README rendered from them.
 
     ``records``: ``{"method", "task", "seed", "metrics": {name: value}}`` rows, one per cell.
+    ``opening``: what the README shows first, under its title (the paper-style table and claims).
     """
     if not records:
         raise HarnessError(f"benchmark {suite!r} has no records to write; did every cell fail?")
+    command, notes = portable(command), portable(notes)
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for rec in records:
         for metric, value in rec["metrics"].items():
@@ -296,7 +306,7 @@ def write_results(out_dir: str | os.PathLike, suite: str, command: str, records:
     atomic_write_json(out_dir / "results.json", results)
     table_rows = [{**row, "ci_text": "[{}, {}]".format(*map(_fmt, row["ci95"]))} for row in summary]
     readme = [
-        f"# Benchmark: {suite}", "", notes, "",
+        f"# Benchmark: {suite}", "", *([opening, ""] if opening else []), notes, "",
         f"- command: `{command}`", f"- commit: `{results['git_commit']}`", f"- date: {results['date']}",
         f"- machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"GPU {results['machine']['gpu']}, torch {results['machine']['torch']}", "",

@@ -85,3 +85,11 @@ def test_bar_chart_legend_names_every_method(tmp_path, monkeypatch):
             {"method": "b", "task": "t2", "metric": "m", "iqm": 2.0, "iqm_ci95": [1.5, 2.5]}]
     report.plot_bars(rows, tmp_path / "bars.png")
     assert shown["legend"] == ["a", "b"]
+
+
+def test_results_name_paths_relative_to_the_checkout(tmp_path, monkeypatch):
+    from grp_workbench.harness.report import portable
+
+    monkeypatch.chdir(tmp_path)
+    assert portable(f"python scripts/x.py --runs {tmp_path}/runs/bench --out {tmp_path}") == \
+        "python scripts/x.py --runs runs/bench --out ."

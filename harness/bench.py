@@ -1,0 +1,328 @@
+"""Benchmarks as declared grids: one runner for every suite, on one process, several, or a Ray cluster.
+
+A suite (``Suite``) declares its cells (method spec, config, task, seed, the run folder under the
+suite's run root), how a finished run becomes a record, which metric is the headline and how the
+paper lays out its table. ``run_suite`` does the rest, the same way for every suite:
+
+* cells whose run is finished are skipped; unfinished ones resume from their checkpoint (each cell is
+  a harness run, ``harness.trainer.train`` with ``resume-or-start``);
+* ``results.json`` in the common format and the README are rewritten after every finished cell,
+  labelled ``PARTIAL (k of n cells)`` until the grid is complete;
+* executors: ``local`` (in this process), ``workers N`` (N processes here, each training the next cell
+  no other holds, through the run folder's lock) and ``ray`` (each cell a Ray task with its CPU / GPU
+  request, on a local Ray instance or the cluster at ``--address``; the run root must then be a path
+  every node sees, such as a shared file system).
+
+A cell is named by (suite, options, index) so that a worker process or a Ray task rebuilds it from
+the suite's declaration instead of receiving pickled models and configs; the driver reads records
+from the finished run folders.
+
+Suites are registered under the entry-point group ``grp_workbench.bench`` (pyproject.toml), so
+``workbench bench --list`` names them without importing any method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.evaluation import summarize
+from grp_workbench.harness.runs import RunDir, claim, read_json
+from grp_workbench.harness.trainer import MethodSpec, train
+
+EXECUTORS = ("local", "workers", "ray")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: the record it makes is (method, task, seed)."""
+
+    method: str  # the method's name in results (may differ from the spec's CLI name)
+    task: str
+    seed: int
+    spec: MethodSpec
+    config: TrainConfig
+    run: str  # run folder, relative to the suite's run root
+    preset: str = "paper"
+    cpus: float = 1.0  # what one cell asks of an executor (Ray's num_cpus / num_gpus)
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What a user chooses on the command line; a suite turns it into cells."""
+
+    budget: str = "cpu"
+    seeds: tuple[int, ...] | None = None  # None: the budget's own
+    methods: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
+    runs: str = ""  # run root; empty: runs/bench/<suite>
+    out: str = ""  # results folder; empty: benchmarks/<suite>
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str  # the paper (or question) the suite answers, for the combined report
+    grid: Callable[[BenchOptions], list[Cell]]
+    record: Callable[[Cell, dict[str, Any], RunDir], dict[str, float]]  # finished run -> metrics
+    headline: str  # the metric of the paper-style table
+    notes: Callable[[BenchOptions], str] = lambda options: ""
+    budgets: tuple[str, ...] = ("cpu", "paper")
+    claims: tuple[str, ...] = ()  # one sentence per claim of the paper, for the README
+    extra_markdown: Callable[[BenchOptions, list[Cell]], str] = lambda options, cells: ""
+    record_device: bool = False  # add the run's device description to each record
+
+    def run_root(self, options: BenchOptions) -> Path:
+        return Path(options.runs or f"runs/bench/{self.name}")
+
+    def out_dir(self, options: BenchOptions) -> Path:
+        return Path(options.out or f"benchmarks/{self.name}")
+
+    def cells(self, options: BenchOptions) -> list[Cell]:
+        """The grid, filtered by ``options.methods`` / ``options.tasks`` (unknown names are one error)."""
+        if options.budget not in self.budgets:
+            raise HarnessError(f"suite {self.name}: budget {options.budget!r} is not one of {', '.join(self.budgets)}.")
+        cells = self.grid(options)
+        for what, chosen in (("method", options.methods), ("task", options.tasks)):
+            known = sorted({getattr(c, what) for c in cells})
+            unknown = sorted(set(chosen or ()) - set(known))
+            if unknown:
+                raise HarnessError(f"suite {self.name}: unknown {what}(s) {', '.join(unknown)}; choose from "
+                                   f"{', '.join(known)}.")
+        return [c for c in cells if (not options.methods or c.method in options.methods)
+                and (not options.tasks or c.task in options.tasks)]
+
+
+# ---- registry --------------------------------------------------------------------------------------
+def suite_names() -> list[str]:
+    return sorted(entry.name for entry in entry_points(group="grp_workbench.bench"))
+
+
+def load_suite(ref: str) -> Suite:
+    """A registered suite by name, or any ``module:attribute`` that holds a ``Suite``."""
+    if ":" in ref:
+        module, _, attribute = ref.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    found = {entry.name: entry for entry in entry_points(group="grp_workbench.bench")}
+    if ref not in found:
+        raise HarnessError(f"unknown benchmark suite {ref!r}; the suites are: {', '.join(sorted(found))}.")
+    return found[ref].load()
+
+
+# ---- one cell --------------------------------------------------------------------------------------
+def cell_path(suite: Suite, options: BenchOptions, cell: Cell) -> Path:
+    return suite.run_root(options) / cell.run
+
+
+def is_done(suite: Suite, options: BenchOptions, cell: Cell) -> bool:
+    return RunDir(cell_path(suite, options, cell)).is_finished()
+
+
+def run_cell(suite: Suite, options: BenchOptions, cell: Cell, quiet: bool = True) -> dict[str, Any]:
+    """Train (or resume, or skip) one cell; returns its run's summary. A Ctrl-C stops the suite."""
+    summary = train(cell.spec, cell.config, str(cell_path(suite, options, cell)), cell.preset,
+                    if_exists="resume-or-start", quiet=quiet)
+    if summary["status"] == "interrupted":
+        raise SystemExit(f"interrupted at step {summary['step']}: {cell_path(suite, options, cell)} keeps its "
+                         "checkpoint; run the same command again to continue.")
+    return summary
+
+
+def run_cell_by_index(suite_ref: str, options: BenchOptions, index: int) -> str:
+    """What a Ray task runs: rebuild the grid, train cell ``index``."""
+    suite = load_suite(suite_ref)
+    cell = suite.cells(options)[index]
+    run_cell(suite, options, cell)
+    return cell.run
+
+
+# ---- records and the README -----------------------------------------------------------------------
+def cell_record(suite: Suite, options: BenchOptions, cell: Cell) -> dict[str, Any]:
+    run = RunDir(cell_path(suite, options, cell))
+    summary = run.summary
+    record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "metrics": suite.record(cell, summary, run)}
+    if suite.record_device:
+        record["device"] = summary.get("device", {})
+    return record
+
+
+def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], tasks: list[str]) -> str:
+    """Rows = methods, columns = tasks, cells = IQM [95% CI] (n) of ``metric`` over seeds."""
+    from grp_workbench.harness.report import _fmt
+
+    head = "| method | " + " | ".join(tasks) + " |"
+    rule = "| --- |" + " --- |" * len(tasks)
+    rows = []
+    for method in methods:
+        cells = []
+        for task in tasks:
+            values = [r["metrics"][metric] for r in records
+                      if r["method"] == method and r["task"] == task and metric in r["metrics"]]
+            if not values:
+                cells.append("")
+                continue
+            stats = summarize(values)
+            low, high = stats["iqm_ci95"]
+            cells.append(f"{_fmt(stats['iqm'])} [{_fmt(low)}, {_fmt(high)}] (n={len(values)})")
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
+def write_suite_results(suite: Suite, options: BenchOptions, cells: list[Cell], command: str) -> Path | None:
+    """results.json and README.md from every finished cell of the whole grid (a run filtered to some
+    methods or tasks never drops the records of the others), labelled partial or complete."""
+    from grp_workbench.harness.report import write_results
+
+    options = dataclasses.replace(options, methods=None, tasks=None)
+    cells = suite.cells(options)
+    done = [c for c in cells if is_done(suite, options, c)]
+    if not done:
+        return None
+    records = [cell_record(suite, options, c) for c in done]
+    status = "complete" if len(done) == len(cells) else f"PARTIAL ({len(done)} of {len(cells)} cells)"
+    methods = list(dict.fromkeys(c.method for c in cells))
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    opening = [f"{suite.title}. Status: {status}.", "",
+               f"Headline: `{suite.headline}`, IQM [95% CI] over seeds (n = seeds finished).", "",
+               paper_table(records, suite.headline, methods, tasks), ""]
+    if suite.claims:
+        opening += ["Claims of the paper and the direction measured here:", ""] + [f"- {c}" for c in suite.claims]
+    notes = suite.notes(options)
+    if status != "complete":
+        notes = f"{status}. {notes}"
+    return write_results(suite.out_dir(options), suite.name, command, records, notes=notes,
+                         extra_markdown=suite.extra_markdown(options, cells), opening="\n".join(opening))
+
+
+# ---- executors -------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    cells: list[Cell]
+    done: list[Cell] = field(default_factory=list)
+    todo: list[int] = field(default_factory=list)  # indices into cells
+
+
+def plan(suite: Suite, options: BenchOptions) -> Plan:
+    cells = suite.cells(options)
+    result = Plan(cells)
+    for index, cell in enumerate(cells):
+        (result.done.append(cell) if is_done(suite, options, cell) else result.todo.append(index))
+    return result
+
+
+def estimated_seconds(suite: Suite, options: BenchOptions, cell: Cell) -> float | None:
+    """From a run of the same cell that measured its speed (an unfinished one), else None."""
+    path = cell_path(suite, options, cell)
+    run = RunDir(path)
+    rows = [r for r in run.read_metrics("train") if "steps_per_s" in r] if run.exists() else []
+    if not rows:
+        return None
+    return max(cell.config.total_steps - rows[-1]["step"], 0) / max(rows[-1]["steps_per_s"], 1e-9)
+
+
+def run_suite(suite_ref: str, options: BenchOptions, executor: str = "local", workers: int = 2,
+              address: str | None = None, command: str = "", quiet: bool = True) -> Plan:
+    """Train every unfinished cell of the suite ``suite_ref`` (a name or ``module:attribute``) and
+    write its results; returns the plan after the run (what is done, what is left)."""
+    if executor not in EXECUTORS:
+        raise HarnessError(f"executor {executor!r} is not one of {', '.join(EXECUTORS)}.")
+    suite = load_suite(suite_ref)
+    todo = plan(suite, options)
+    command = command or f"workbench bench {suite.name}"
+    if executor == "local":
+        for index in todo.todo:
+            run_cell(suite, options, todo.cells[index], quiet=quiet)
+            write_suite_results(suite, options, todo.cells, command)
+    elif executor == "workers":
+        _run_workers(suite_ref, suite, options, todo, workers, command)
+    else:
+        _run_ray(suite_ref, suite, options, todo, address, command)
+    write_suite_results(suite, options, todo.cells, command)
+    return plan(suite, options)
+
+
+def _encode(options: BenchOptions) -> str:
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in vars(options).items()})
+
+
+def _decode(encoded: str) -> BenchOptions:
+    return BenchOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(encoded).items()})
+
+
+def _run_workers(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan, workers: int, command: str) -> None:
+    """N processes of this machine share the grid: each takes the next cell nobody holds (the run
+    folder's lock); this process rewrites the results as cells finish."""
+    if workers < 1:
+        raise HarnessError(f"--workers {workers}: at least 1.")
+    script = "import sys; from grp_workbench.harness.bench import worker_loop; worker_loop(sys.argv[1], sys.argv[2])"
+    processes = [subprocess.Popen([sys.executable, "-c", script, suite_ref, _encode(options)]) for _ in range(workers)]
+    finished = len(todo.done)
+    while any(p.poll() is None for p in processes):
+        time.sleep(2.0)
+        now = sum(is_done(suite, options, c) for c in todo.cells)
+        if now != finished:
+            finished = now
+            write_suite_results(suite, options, todo.cells, command)
+    failed = sum(1 for p in processes if p.returncode)
+    if failed:
+        raise HarnessError(f"{failed} of {workers} worker(s) failed; see their output above. Finished cells are "
+                           "kept: run the same command again to continue.")
+
+
+def worker_loop(suite_ref: str, encoded_options: str) -> None:
+    """One worker process: train every unfinished cell no other process holds."""
+    options = _decode(encoded_options)
+    suite = load_suite(suite_ref)
+    for cell in suite.cells(options):
+        path = cell_path(suite, options, cell)
+        with claim(path) as mine:
+            if mine and not RunDir(path).is_finished():
+                run_cell(suite, options, cell)
+
+
+def _run_ray(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan, address: str | None,
+             command: str) -> None:
+    """Each unfinished cell a Ray task with its resource request; this driver writes the results as
+    tasks finish. A task killed mid-run is retried by Ray and resumes its cell from the checkpoint."""
+    try:
+        import ray
+    except ImportError as err:
+        raise HarnessError("the ray executor needs Ray (installed with flwr[simulation]): pip install ray.") from err
+    if not todo.todo:
+        return
+    # Tasks may run in another folder or on another node: give them absolute paths (on a cluster the
+    # run root must be a path every node sees) and this checkout on their import path.
+    options = dataclasses.replace(options, runs=str(suite.run_root(options).resolve()))
+    if not ray.is_initialized():
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(),
+                                                                               os.environ.get("PYTHONPATH")]))}}
+        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": os.cpu_count() or 1}
+        ray.init(include_dashboard=False, runtime_env=runtime_env, **kwargs)
+    remote = ray.remote(max_retries=2)(run_cell_by_index)
+    pending = {remote.options(num_cpus=todo.cells[i].cpus, num_gpus=todo.cells[i].gpus)
+               .remote(suite_ref, options, i): i for i in todo.todo}
+    while pending:
+        finished, _ = ray.wait(list(pending), num_returns=1)
+        for ref in finished:
+            ray.get(ref)  # a cell's error surfaces here
+            pending.pop(ref)
+        write_suite_results(suite, options, todo.cells, command)
+
+
+def read_results(suite: Suite, options: BenchOptions) -> dict[str, Any] | None:
+    path = suite.out_dir(options) / "results.json"
+    return read_json(path) if path.is_file() else None

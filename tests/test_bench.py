@@ -1,0 +1,134 @@
+"""The benchmark runner: one declared grid, the same records under every executor, resumable cells."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, load_suite, plan, run_cell, run_suite  # noqa: F401
+from grp_workbench.harness.config import build_config
+from grp_workbench.harness.errors import HarnessError
+from grp_workbench.harness.runs import RunDir
+from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, metric_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid(options: BenchOptions) -> list[Cell]:
+    cells = []
+    for method, lr in (("sgd-fast", 0.05), ("sgd-slow", 0.01)):
+        for task, steps in (("short", 20), ("long", 30)):
+            for seed in options.seeds or (0, 1):
+                config = build_config(ToyConfig, TOY_PRESETS, "paper", {
+                    "lr": str(lr), "total_steps": str(steps), "seed": str(seed), "deterministic": "true"})
+                cells.append(Cell(method, task, seed, TOY_SPEC, config, f"{task}/{method}-seed{seed}"))
+    return cells
+
+
+TOY_SUITE = Suite(name="toy", title="Toy regression (two step sizes, two lengths)", grid=_grid,
+                  record=lambda cell, summary, run: {"neg_mse": summary["final"]["neg_mse"]}, headline="neg_mse",
+                  claims=("the larger step size fits better in a short run.",))
+REF = "tests.test_bench:TOY_SUITE"
+
+
+def _options(tmp_path, name, **kwargs) -> BenchOptions:
+    return BenchOptions(runs=str(tmp_path / name / "runs"), out=str(tmp_path / name / "out"), **kwargs)
+
+
+def _records(options: BenchOptions) -> list[tuple]:
+    results = json.loads((Path(options.out) / "results.json").read_text())
+    return sorted((r["method"], r["task"], r["seed"], round(r["metrics"]["neg_mse"], 10)) for r in results["records"])
+
+
+def test_every_executor_gives_the_same_records(tmp_path):
+    local = _options(tmp_path, "local")
+    after = run_suite(REF, local)
+    assert len(after.done) == 8 and not after.todo
+    readme = (Path(local.out) / "README.md").read_text()
+    assert "Status: complete." in readme
+    assert readme.count("(n=2)") == 4 and "| method | short | long |" in readme
+    workers = _options(tmp_path, "workers")
+    run_suite(REF, workers, executor="workers", workers=2)
+    ray_options = _options(tmp_path, "ray")
+    run_suite(REF, ray_options, executor="ray")
+    assert _records(local) == _records(workers) == _records(ray_options)
+
+
+def test_a_killed_cell_resumes_under_ray_and_an_interrupted_suite_skips_finished_cells(tmp_path):
+    import ray
+
+    options = _options(tmp_path, "suite")
+    run_suite(REF, replace(options, methods=("sgd-fast",)))  # a first, partial run of the grid
+    first = {c.run: RunDir(Path(options.runs) / c.run).summary["finished"] for c in plan(TOY_SUITE, options).done}
+    assert len(first) == 4
+    readme = (Path(options.out) / "README.md").read_text()
+    assert "PARTIAL (4 of 8 cells)" in readme
+    # one cell killed mid-run (kill -9 of the process training it)
+    killed = Path(options.runs) / "long" / "sgd-slow-seed0"
+    script = ("import sys; from tests.test_bench import TOY_SUITE, BenchOptions, run_cell\n"
+              "import time; from tests.conftest import ToyRegression\n"
+              "update = ToyRegression.update\n"
+              "ToyRegression.update = lambda self: (time.sleep(0.1), update(self))[1]\n"
+              "options = BenchOptions(runs=sys.argv[1])\n"
+              "cell = [c for c in TOY_SUITE.cells(options) if c.run == 'long/sgd-slow-seed0'][0]\n"
+              "run_cell(TOY_SUITE, options, cell)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, options.runs], cwd=REPO)
+    while not (RunDir(killed).latest_checkpoint() and RunDir(killed).latest_checkpoint().name >= "step_000000000010"):
+        assert proc.poll() is None
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [c.run for c in [plan(TOY_SUITE, options).cells[i] for i in plan(TOY_SUITE, options).todo]] == [
+        "short/sgd-slow-seed0", "short/sgd-slow-seed1", "long/sgd-slow-seed0", "long/sgd-slow-seed1"]
+    run_suite(REF, options, executor="ray")
+    ray.shutdown()
+    assert {run: RunDir(Path(options.runs) / run).summary["finished"] for run in first} == first  # not recomputed
+    resumed = RunDir(killed).summary
+    assert resumed["status"] == "finished" and resumed["resumed_from"] and resumed["resumed_from"][0] >= 10
+    fresh = _options(tmp_path, "fresh")
+    run_suite(REF, replace(fresh, methods=("sgd-slow",), tasks=("long",), seeds=(0,)))
+    assert metric_rows(killed) == metric_rows(Path(fresh.runs) / "long" / "sgd-slow-seed0")  # no row twice
+
+
+def test_unknown_suite_method_or_task_is_one_error_naming_the_valid_ones(tmp_path):
+    with pytest.raises(HarnessError, match="unknown benchmark suite 'nope'; the suites are: .*mnist_classifier"):
+        load_suite("nope")
+    with pytest.raises(HarnessError, match="unknown method\\(s\\) adam; choose from sgd-fast, sgd-slow"):
+        TOY_SUITE.cells(BenchOptions(methods=("adam",)))
+    with pytest.raises(HarnessError, match="unknown task\\(s\\) medium; choose from long, short"):
+        TOY_SUITE.cells(BenchOptions(tasks=("medium",)))
+
+
+def test_committed_results_name_no_path_of_a_machine():
+    offenders = []
+    for path in sorted((REPO / "benchmarks").rglob("*")):
+        if path.suffix in (".json", ".md") and path.is_file():
+            text = path.read_text()
+            for root in ("/work/", "/root/", "/tmp/", "/home/", "/Users/"):
+                if root in text:
+                    offenders.append(f"{path.relative_to(REPO)} ({root})")
+    assert not offenders, offenders
+
+
+def test_committed_results_recompute_to_their_own_summaries(tmp_path):
+    """Every committed results.json: its records, summarized by today's code, give the committed summary,
+    so porting a suite to the runner (which renders through the same code) changes no number."""
+    from grp_workbench.harness.report import write_results
+
+    for path in sorted((REPO / "benchmarks").glob("*/results.json")):
+        committed = json.loads(path.read_text())
+        out = write_results(tmp_path / path.parent.name, committed["suite"], committed["command"],
+                            committed["records"], notes=committed.get("notes", ""))
+        again = json.loads(out.read_text())
+        assert again["records"] == committed["records"], path
+        key = lambda row: (row["method"], row["task"], row["metric"])  # noqa: E731
+        for new, old in zip(sorted(again["summary"], key=key), sorted(committed["summary"], key=key), strict=True):
+            assert key(new) == key(old) and new["n"] == old["n"], path
+            assert new["iqm"] == pytest.approx(old["iqm"], rel=1e-9, abs=1e-12), (path, key(old))
+            assert new["ci95"] == pytest.approx(old["ci95"], rel=1e-9, abs=1e-12), (path, key(old))
