@@ -146,7 +146,7 @@ def run_cell_by_index(suite_ref: str, options: BenchOptions, index: int) -> str:
     """What a Ray task runs: rebuild the grid, train cell ``index``."""
     suite = load_suite(suite_ref)
     cell = suite.cells(options)[index]
-    run_cell(suite, options, cell)
+    run_cell(suite, options, cell, quiet=False)  # off a terminal: a progress line every 30 s, in the driver's log
     return cell.run
 
 
@@ -162,7 +162,7 @@ def cell_record(suite: Suite, options: BenchOptions, cell: Cell) -> dict[str, An
 
 def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], tasks: list[str]) -> str:
     """Rows = methods, columns = tasks, cells = IQM [95% CI] (n) of ``metric`` over seeds."""
-    from grp_workbench.harness.report import _fmt
+    from grp_workbench.harness.report import fmt
 
     head = "| method | " + " | ".join(tasks) + " |"
     rule = "| --- |" + " --- |" * len(tasks)
@@ -177,12 +177,12 @@ def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], 
                 continue
             stats = summarize(values)
             low, high = stats["iqm_ci95"]
-            cells.append(f"{_fmt(stats['iqm'])} [{_fmt(low)}, {_fmt(high)}] (n={len(values)})")
+            cells.append(f"{fmt(stats['iqm'])} [{fmt(low)}, {fmt(high)}] (n={len(values)})")
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *rows])
 
 
-def write_suite_results(suite: Suite, options: BenchOptions, cells: list[Cell], command: str) -> Path | None:
+def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Path | None:
     """results.json and README.md from every finished cell of the whole grid (a run filtered to some
     methods or tasks never drops the records of the others), labelled partial or complete."""
     from grp_workbench.harness.report import write_results
@@ -246,12 +246,12 @@ def run_suite(suite_ref: str, options: BenchOptions, executor: str = "local", wo
     if executor == "local":
         for index in todo.todo:
             run_cell(suite, options, todo.cells[index], quiet=quiet)
-            write_suite_results(suite, options, todo.cells, command)
+            write_suite_results(suite, options, command)
     elif executor == "workers":
         _run_workers(suite_ref, suite, options, todo, workers, command)
     else:
         _run_ray(suite_ref, suite, options, todo, address, command)
-    write_suite_results(suite, options, todo.cells, command)
+    write_suite_results(suite, options, command)
     return plan(suite, options)
 
 
@@ -276,7 +276,7 @@ def _run_workers(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan
         now = sum(is_done(suite, options, c) for c in todo.cells)
         if now != finished:
             finished = now
-            write_suite_results(suite, options, todo.cells, command)
+            write_suite_results(suite, options, command)
     failed = sum(1 for p in processes if p.returncode)
     if failed:
         raise HarnessError(f"{failed} of {workers} worker(s) failed; see their output above. Finished cells are "
@@ -291,7 +291,7 @@ def worker_loop(suite_ref: str, encoded_options: str) -> None:
         path = cell_path(suite, options, cell)
         with claim(path) as mine:
             if mine and not RunDir(path).is_finished():
-                run_cell(suite, options, cell)
+                run_cell(suite, options, cell, quiet=False)
 
 
 def _run_ray(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan, address: str | None,
@@ -320,7 +320,7 @@ def _run_ray(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan, ad
         for ref in finished:
             ray.get(ref)  # a cell's error surfaces here
             pending.pop(ref)
-        write_suite_results(suite, options, todo.cells, command)
+        write_suite_results(suite, options, command)
 
 
 def read_results(suite: Suite, options: BenchOptions) -> dict[str, Any] | None:

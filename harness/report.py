@@ -85,13 +85,13 @@ def collect_runs(roots: list[str | os.PathLike]) -> tuple[list[RunRecord], list[
     return records, skipped
 
 
-def _fmt(value: float) -> str:
+def fmt(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
 
 
 def _fmt_ci(stats: dict[str, Any], name: str = "iqm") -> str:
     low, high = stats[f"{name}_ci95"]
-    return f"{_fmt(stats[name])} [{_fmt(low)}, {_fmt(high)}]"
+    return f"{fmt(stats[name])} [{fmt(low)}, {fmt(high)}]"
 
 
 def score_table(records: list[RunRecord], metric: str, which: str = "final") -> list[dict[str, Any]]:
@@ -114,7 +114,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
         cells = []
         for _, key in columns:
             value = row[key] if key in row else ""
-            cells.append(_fmt(value) if isinstance(value, float) else str(value))
+            cells.append(fmt(value) if isinstance(value, float) else str(value))
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *body])
 
@@ -238,8 +238,8 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
             if not rows:
                 continue
             for row in rows:
-                row["iqm_text"] = _fmt(row["iqm"])
-                row["ci_text"] = "[{}, {}]".format(*map(_fmt, row["iqm_ci95"]))
+                row["iqm_text"] = fmt(row["iqm"])
+                row["ci_text"] = "[{}, {}]".format(*map(fmt, row["iqm_ci95"]))
             label = "last evaluation" if which == "final" else "best evaluation during training"
             lines += [f"## {name}: {label}", "", markdown_table(rows, columns), ""]
             if which == "final":
@@ -304,7 +304,7 @@ def write_results(out_dir: str | os.PathLike, suite: str, command: str, records:
     results = {"suite": suite, "command": command, "git_commit": git_commit(ignore=out_dir), "date": now_iso(),
                "machine": machine_info(), "notes": notes, "records": records, "summary": summary}
     atomic_write_json(out_dir / "results.json", results)
-    table_rows = [{**row, "ci_text": "[{}, {}]".format(*map(_fmt, row["ci95"]))} for row in summary]
+    table_rows = [{**row, "ci_text": "[{}, {}]".format(*map(fmt, row["ci95"]))} for row in summary]
     readme = [
         f"# Benchmark: {suite}", "", *([opening, ""] if opening else []), notes, "",
         f"- command: `{command}`", f"- commit: `{results['git_commit']}`", f"- date: {results['date']}",

@@ -132,3 +132,17 @@ def test_committed_results_recompute_to_their_own_summaries(tmp_path):
             assert key(new) == key(old) and new["n"] == old["n"], path
             assert new["iqm"] == pytest.approx(old["iqm"], rel=1e-9, abs=1e-12), (path, key(old))
             assert new["ci95"] == pytest.approx(old["ci95"], rel=1e-9, abs=1e-12), (path, key(old))
+
+
+def test_cli_lists_suites_and_dry_runs_a_grid(tmp_path):
+    command = [sys.executable, "-m", "grp_workbench.harness.cli", "bench"]
+    listed = subprocess.run([*command, "--list"], capture_output=True, text=True)
+    assert "mnist_classifier" in listed.stdout.split()
+    dry = subprocess.run([*command, "mnist_classifier", "--dry-run", "--seeds", "3,4", "--runs", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[0] == f"mnist_classifier: 2 cells, 0 done, 2 to run (run root {tmp_path})"
+    assert "to run: small_cnn mnist-holdout2k seed 4 -> quick/seed4 (cost unknown)" in dry.stdout
+    bad = subprocess.run([*command, "mnist_classifier", "--dry-run", "--tasks", "cifar"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown task(s) cifar; choose from mnist-holdout2k" in bad.stderr

@@ -225,3 +225,20 @@ def test_off_a_terminal_training_prints_progress_lines(tmp_path, monkeypatch, ca
     assert len(lines) == 20 and lines[-1].startswith(f"{tmp_path / 'run'}: step 20/20 (100%)")
     train(TOY_SPEC, _config(total_steps=20), tmp_path / "quiet", "paper", quiet=True)
     assert "step" not in capsys.readouterr().err
+
+
+def test_a_long_step_announces_itself_off_a_terminal():
+    import io
+
+    from grp_workbench.harness.progress import step
+
+    log = io.StringIO()  # not a terminal
+    with step("simulate", every=0.05, stream=log) as timed:
+        time.sleep(0.18)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "[start] simulate" and lines[-1].startswith("[done] simulate: ")
+    assert len([line for line in lines if line.startswith("[running] simulate: ")]) >= 2
+    assert timed["seconds"] >= 0.18
+    with pytest.raises(ValueError), step("broken", stream=log):
+        raise ValueError
+    assert log.getvalue().splitlines()[-1].startswith("[failed] broken: ")
