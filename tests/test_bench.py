@@ -146,3 +146,15 @@ def test_cli_lists_suites_and_dry_runs_a_grid(tmp_path):
     bad = subprocess.run([*command, "mnist_classifier", "--dry-run", "--tasks", "cifar"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "unknown task(s) cifar; choose from mnist-holdout2k" in bad.stderr
+
+
+@pytest.mark.parametrize("suite_name", ["mnist_classifier", "robust_recsys"])
+def test_a_ported_suite_declares_exactly_the_committed_grid(suite_name):
+    """The runner's grid names the same (method, task, seed) cells as the committed records, so the
+    committed runs resume under it and its results replace theirs cell for cell."""
+    suite = load_suite(suite_name)
+    committed = json.loads((REPO / "benchmarks" / suite_name / "results.json").read_text())
+    declared = {(c.method, c.task, c.seed) for c in suite.cells(BenchOptions())}
+    assert declared == {(r["method"], r["task"], r["seed"]) for r in committed["records"]}
+    assert len(declared) == len(suite.cells(BenchOptions()))
+    assert {cell.task for cell in suite.cells(BenchOptions(budget="paper"))}  # the paper budget builds too
