@@ -218,7 +218,7 @@ def bench(
     if dry_run:
         loaded = load_suite(suite)
         todo = plan(loaded, options)
-        typer.echo(f"{loaded.name}: {len(todo.cells)} cells, {len(todo.done)} done, {len(todo.todo)} to run "
+        typer.echo(f"{loaded.name}: {len(todo.cells)} cell(s), {len(todo.done)} done, {len(todo.todo)} to run "
                    f"(run root {loaded.run_root(options)})")
         for index in todo.todo:
             cell = todo.cells[index]

@@ -141,7 +141,7 @@ def test_cli_lists_suites_and_dry_runs_a_grid(tmp_path):
     dry = subprocess.run([*command, "mnist_classifier", "--dry-run", "--seeds", "3,4", "--runs", str(tmp_path)],
                          capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[0] == f"mnist_classifier: 2 cells, 0 done, 2 to run (run root {tmp_path})"
+    assert dry.stdout.splitlines()[0] == f"mnist_classifier: 2 cell(s), 0 done, 2 to run (run root {tmp_path})"
     assert "to run: small_cnn mnist-holdout2k seed 4 -> quick/seed4 (cost unknown)" in dry.stdout
     bad = subprocess.run([*command, "mnist_classifier", "--dry-run", "--tasks", "cifar"], capture_output=True,
                          text=True)
