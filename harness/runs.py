@@ -49,10 +49,14 @@ class CorruptCheckpoint(HarnessError):
 
 def _default_file_mode() -> int:
     """0666 less the umask: what ``open(..., "w")`` gives, so every output has the same mode
-    (``mkstemp`` alone would leave atomically written files at 0600)."""
+    (``mkstemp`` alone would leave atomically written files at 0600). Read once: reading the umask
+    means setting it, which must not race with threads that create files."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+FILE_MODE = _default_file_mode()
 
 
 class StorageError(HarnessError, OSError):
@@ -82,7 +86,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), _default_file_mode())
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
