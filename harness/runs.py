@@ -24,12 +24,14 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +43,19 @@ from grp_workbench.harness.errors import HarnessError, HarnessWarning
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINT_DIR, TENSORBOARD_DIR = "checkpoints", "tensorboard"
+
+
+class _RenamedModules(pickle.Unpickler):
+    """Checkpoints written before the folders became sub-packages of ``grp_workbench`` name pickled
+    classes by their old paths (``envs.levels.Level``); read those under the new ones."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".")[0] in ("harness", "rl", "envs", "federated", "recsys"):
+            module = f"grp_workbench.{module}"
+        return super().find_class(module, name)
+
+
+_legacy_pickle = types.SimpleNamespace(Unpickler=_RenamedModules, load=pickle.load, __name__="pickle")
 
 
 class CorruptCheckpoint(HarnessError):
@@ -344,7 +359,7 @@ class RunDir:
         # Checkpoints hold RNG states and optimizer state as pickles: load only runs you trust
         # (your own, or from someone you would run code from).
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_legacy_pickle)
         except Exception as err:  # truncated by a full disk, or not a checkpoint at all
             raise CorruptCheckpoint(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); delete it to "
                                     "fall back to the one before, or start a new run.") from None

@@ -110,3 +110,25 @@ def test_claim_is_exclusive_between_processes_and_released_when_the_holder_dies(
         holder.wait()
     with claim(run) as mine:
         assert mine is True  # the lock died with its holder
+
+
+def test_checkpoints_from_before_the_package_rename_still_load(tmp_path, monkeypatch):
+    """A run saved when the folders were top-level packages (envs.levels.Level, ...) resumes today."""
+    import sys
+    import types
+
+    import torch
+
+    from grp_workbench.envs.levels import Level
+
+    old = types.ModuleType("envs.levels")  # the module path such a checkpoint names
+    legacy = type("Level", (Level,), {"__module__": "envs.levels"})
+    old.Level = legacy
+    monkeypatch.setitem(sys.modules, "envs.levels", old)
+    level = Level.__new__(legacy)
+    level.__dict__.update({"grid": torch.zeros(2, 2).numpy(), "agent": (0, 0), "goal": (1, 1)})
+    run = RunDir.create(tmp_path / "run", {"method": "toy"})
+    run.save_checkpoint(1, {"algorithm": {"sampler": {"levels": [level]}}})
+    monkeypatch.delitem(sys.modules, "envs.levels")
+    loaded = run.load_checkpoint(run.latest_checkpoint())["algorithm"]["sampler"]["levels"][0]
+    assert type(loaded) is Level and loaded.goal == (1, 1)
