@@ -58,6 +58,9 @@ class Cell:
     preset: str = "paper"
     cpus: float = 1.0  # what one cell asks of an executor (Ray's num_cpus / num_gpus)
     gpus: float = 0.0
+    # seeds trained together in this one run (batched networks, ``n_seeds``): the suite's record
+    # function then returns {seed: metrics} and the cell makes one record per member
+    members: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class Suite:
     name: str
     title: str  # the paper (or question) the suite answers, for the combined report
     grid: Callable[[BenchOptions], list[Cell]]
-    record: Callable[[Cell, dict[str, Any], RunDir], dict[str, float]]  # finished run -> metrics
+    # finished run -> metrics, or {seed: metrics} for a cell with batched ``members``
+    record: Callable[[Cell, dict[str, Any], RunDir], dict[Any, Any]]
     headline: str  # the metric of the paper-style table
     notes: Callable[[BenchOptions], str] = lambda options: ""
     budgets: tuple[str, ...] = ("cpu", "paper")
@@ -151,13 +155,19 @@ def run_cell_by_index(suite_ref: str, options: BenchOptions, index: int) -> str:
 
 
 # ---- records and the README -----------------------------------------------------------------------
-def cell_record(suite: Suite, options: BenchOptions, cell: Cell) -> dict[str, Any]:
+def cell_records(suite: Suite, options: BenchOptions, cell: Cell) -> list[dict[str, Any]]:
+    """The records of a finished cell: one, or one per member of a batched-seed cell."""
     run = RunDir(cell_path(suite, options, cell))
     summary = run.summary
-    record = {"method": cell.method, "task": cell.task, "seed": cell.seed, "metrics": suite.record(cell, summary, run)}
-    if suite.record_device:
-        record["device"] = summary.get("device", {})
-    return record
+    measured = suite.record(cell, summary, run)
+    per_seed = {seed: measured[seed] for seed in cell.members} if cell.members else {cell.seed: measured}
+    records = []
+    for seed, metrics in per_seed.items():
+        record = {"method": cell.method, "task": cell.task, "seed": seed, "metrics": metrics}
+        if suite.record_device:
+            record["device"] = summary.get("device", {})
+        records.append(record)
+    return records
 
 
 def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], tasks: list[str]) -> str:
@@ -192,7 +202,7 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     done = [c for c in cells if is_done(suite, options, c)]
     if not done:
         return None
-    records = [cell_record(suite, options, c) for c in done]
+    records = [record for c in done for record in cell_records(suite, options, c)]
     status = "complete" if len(done) == len(cells) else f"PARTIAL ({len(done)} of {len(cells)} cells)"
     methods = list(dict.fromkeys(c.method for c in cells))
     tasks = list(dict.fromkeys(c.task for c in cells))

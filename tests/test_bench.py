@@ -158,3 +158,22 @@ def test_a_ported_suite_declares_exactly_the_committed_grid(suite_name):
     assert declared == {(r["method"], r["task"], r["seed"]) for r in committed["records"]}
     assert len(declared) == len(suite.cells(BenchOptions()))
     assert {cell.task for cell in suite.cells(BenchOptions(budget="paper"))}  # the paper budget builds too
+
+
+def test_a_batched_seed_cell_makes_one_record_per_member(tmp_path):
+    def grid(options):
+        config = build_config(ToyConfig, TOY_PRESETS, "paper", {"total_steps": "20", "seed": "4"})
+        return [Cell("sgd", "short", 4, TOY_SPEC, config, "short/sgd-seeds4-5", members=(4, 5))]
+
+    def per_member(cell, summary, run):  # as a batched run reports normalized_score/seed<k>
+        return {seed: {"neg_mse": summary["final"]["neg_mse"] - seed} for seed in cell.members}
+
+    suite = Suite(name="batched", title="Batched seeds", grid=grid, record=per_member, headline="neg_mse")
+    options = _options(tmp_path, "batched")
+    from grp_workbench.harness.bench import write_suite_results
+
+    run_cell(suite, options, suite.cells(options)[0])
+    results = json.loads(write_suite_results(suite, options, "test").read_text())
+    assert [(r["seed"], r["task"]) for r in results["records"]] == [(4, "short"), (5, "short")]
+    assert results["records"][0]["metrics"]["neg_mse"] - results["records"][1]["metrics"]["neg_mse"] == 1.0
+    assert "(n=2)" in (Path(options.out) / "README.md").read_text()
