@@ -36,7 +36,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from grp_workbench.harness.config import TrainConfig
+from grp_workbench.harness.config import TrainConfig, config_from_dict, diff_configs
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import summarize
 from grp_workbench.harness.runs import RunDir, claim, read_json
@@ -86,15 +86,21 @@ class Suite:
     headline: str  # the metric of the paper-style table
     notes: Callable[[BenchOptions], str] = lambda options: ""
     budgets: tuple[str, ...] = ("cpu", "paper")
-    claims: tuple[str, ...] = ()  # one sentence per claim of the paper, for the README
+    # one sentence per claim of the paper: a fixed text, or a function of the records that says
+    # whether the measured direction agrees (so a rerun restates it)
+    claims: tuple[str | Callable[[list[dict[str, Any]]], str], ...] = ()
     extra_markdown: Callable[[BenchOptions, list[Cell]], str] = lambda options, cells: ""
     record_device: bool = False  # add the run's device description to each record
 
     def run_root(self, options: BenchOptions) -> Path:
-        return Path(options.runs or f"runs/bench/{self.name}")
+        """runs/bench/<suite> for the cpu budget, runs/bench/<suite>_<budget> for another."""
+        return Path(options.runs or f"runs/bench/{self._folder(options)}")
 
     def out_dir(self, options: BenchOptions) -> Path:
-        return Path(options.out or f"benchmarks/{self.name}")
+        return Path(options.out or f"benchmarks/{self._folder(options)}")
+
+    def _folder(self, options: BenchOptions) -> str:
+        return self.name if options.budget == "cpu" else f"{self.name}_{options.budget}"
 
     def cells(self, options: BenchOptions) -> list[Cell]:
         """The grid, filtered by ``options.methods`` / ``options.tasks`` (unknown names are one error)."""
@@ -133,7 +139,13 @@ def cell_path(suite: Suite, options: BenchOptions, cell: Cell) -> Path:
 
 
 def is_done(suite: Suite, options: BenchOptions, cell: Cell) -> bool:
-    return RunDir(cell_path(suite, options, cell)).is_finished()
+    """Finished with this cell's config (a finished run of other settings in its folder is not this
+    cell: training it stops with the harness's one-line config error)."""
+    run = RunDir(cell_path(suite, options, cell))
+    if not run.is_finished():
+        return False
+    saved = config_from_dict(cell.spec.config_cls, run.header["config"])
+    return not diff_configs(saved, cell.config)
 
 
 def run_cell(suite: Suite, options: BenchOptions, cell: Cell, quiet: bool = True) -> dict[str, Any]:
@@ -210,7 +222,8 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
                f"Headline: `{suite.headline}`, IQM [95% CI] over seeds (n = seeds finished).", "",
                paper_table(records, suite.headline, methods, tasks), ""]
     if suite.claims:
-        opening += ["Claims of the paper and the direction measured here:", ""] + [f"- {c}" for c in suite.claims]
+        opening += ["Claims of the paper and the direction measured here:", ""]
+        opening += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
     notes = suite.notes(options)
     if status != "complete":
         notes = f"{status}. {notes}"
@@ -300,7 +313,7 @@ def worker_loop(suite_ref: str, encoded_options: str) -> None:
     for cell in suite.cells(options):
         path = cell_path(suite, options, cell)
         with claim(path) as mine:
-            if mine and not RunDir(path).is_finished():
+            if mine and not is_done(suite, options, cell):
                 run_cell(suite, options, cell, quiet=False)
 
 

@@ -224,7 +224,9 @@ def bench(
             cell = todo.cells[index]
             seconds = estimated_seconds(loaded, options, cell)
             cost = f"~{seconds / 60:.0f} min left at its measured speed" if seconds is not None else "cost unknown"
-            typer.echo(f"  to run: {cell.method} {cell.task} seed {cell.seed} -> {cell.run} ({cost})")
+            seeds = (f"seeds {cell.members[0]}-{cell.members[-1]} (batched)" if cell.members
+                     else f"seed {cell.seed}")
+            typer.echo(f"  to run: {cell.method} {cell.task} {seeds} -> {cell.run} ({cost})")
         return
     command = "workbench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("workbench") else ""
     after = run_suite(suite, options, executor=executor, workers=workers, address=address, command=command,

@@ -1,5 +1,8 @@
 """Benchmark: A2PR against TD3+BC on locally built D4RL-style datasets, plus update speed against d3rlpy.
 
+The training grid is also declared for the shared runner (``workbench bench offline_rl``, in
+rl/benchmarks.py, the same run folders); this script keeps the speed rows (``--speed``) until they move.
+
 Cells are (task, method); each cell is one harness run training all seeds together as batched
 networks (``n_seeds``), so it resumes from its checkpoint when the script is restarted and a
 finished cell is skipped; a cell another copy of the command is training is left to it. Cells run
@@ -31,31 +34,20 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from grp_workbench.harness.config import build_config  # noqa: E402
 from grp_workbench.harness.device import make_policy  # noqa: E402
-from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize  # noqa: E402
 from grp_workbench.harness.report import write_results  # noqa: E402
 from grp_workbench.harness.runs import RunDir, claim  # noqa: E402
 from grp_workbench.harness.trainer import train_cell  # noqa: E402
+from grp_workbench.rl.benchmarks import OFFLINE_TASKS, aggregate_markdown, member_scores, plot_curves  # noqa: E402
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR  # noqa: E402
 from grp_workbench.rl.offline.datasets import load_dataset  # noqa: E402
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC  # noqa: E402
 
 SPECS = {"a2pr": A2PR, "td3bc": TD3BC}
-METHOD_COLORS = {"a2pr": "C0", "td3bc": "C1"}
-TASKS = [f"{env}-{level}" for level in ("medium-replay", "medium", "medium-expert")
-         for env in ("hopper", "halfcheetah", "walker2d")]
-
-
-def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, scores[seed, eval]) from a run's evaluation rows."""
-    rows = run.read_metrics("eval")
-    keys = ["normalized_score"] if len(seeds) == 1 else [f"normalized_score/seed{s}" for s in seeds]
-    steps = np.array([row["step"] for row in rows])
-    return steps, np.array([[row[key] for row in rows] for key in keys])
+TASKS = OFFLINE_TASKS
 
 
 def speed_records(task: str, n_updates: int, batch_seeds: int, device: str = "cpu") -> tuple[list[dict], str]:
@@ -214,8 +206,8 @@ def speed_summary(speed: list[dict], args) -> str:
 def write(out: Path, command: str, records: list[dict], curves: dict, args, done: int, total: int,
           notes: list[str]) -> None:
     status = "complete" if done == total else f"PARTIAL: {done} of {total} cells done"
-    extra = [_aggregate_markdown(records, args.methods)]
-    figure = _plot(curves, out / "learning_curves.png")
+    extra = [aggregate_markdown(records)]
+    figure = plot_curves(curves, out / "learning_curves.png")
     if figure:
         extra.append(f"![learning curves]({figure.name})")
     if args.speed_only:
@@ -226,54 +218,6 @@ def write(out: Path, command: str, records: list[dict], curves: dict, args, done
             "(`workbench rl data build`), normalized with their stored local random / expert returns. "
             + " ".join(notes))
     write_results(out, "offline_rl", command, records, notes=text, extra_markdown="\n\n".join(extra))
-
-
-def _aggregate_markdown(records: list[dict], methods: list[str]) -> str:
-    """Probability that A2PR's last score beats TD3+BC's, over tasks (rliable's definition)."""
-    if not {"a2pr", "td3bc"} <= set(methods):
-        return ""
-    by = {(r["method"], r["task"], r["seed"]): r["metrics"]["normalized_score_last"] for r in records
-          if "normalized_score_last" in r["metrics"]}
-    tasks = sorted({t for m, t, _ in by if m == "a2pr" and any(k[0] == "td3bc" and k[1] == t for k in by)})
-    seeds = sorted({s for _, _, s in by})
-    if not tasks:
-        return ""
-    a = np.array([[by[("a2pr", t, s)] for t in tasks] for s in seeds if ("a2pr", tasks[0], s) in by])
-    b = np.array([[by[("td3bc", t, s)] for t in tasks] for s in seeds if ("td3bc", tasks[0], s) in by])
-    result = probability_of_improvement(a, b)
-    lines = [f"Aggregate over the {len(tasks)} task(s) both methods finished ({', '.join(tasks)}): IQM of the "
-             "last normalized score over all runs, 95% stratified-bootstrap CI.", "",
-             "| method | runs x tasks | IQM | 95% CI | mean |", "| --- | --- | --- | --- | --- |"]
-    for name, scores in (("a2pr", a), ("td3bc", b)):
-        stats = summarize(scores)
-        lines.append(f"| {name} | {scores.shape[0]} x {scores.shape[1]} | {stats['iqm']:.1f} | "
-                     f"[{stats['iqm_ci95'][0]:.1f}, {stats['iqm_ci95'][1]:.1f}] | {stats['mean']:.1f} |")
-    lines += ["", f"P(A2PR > TD3+BC) on the last normalized score, over {len(tasks)} task(s): "
-              f"{result['probability']:.3f} (95% CI [{result['ci95'][0]:.3f}, {result['ci95'][1]:.3f}])."]
-    return "\n".join(lines)
-
-
-def _plot(curves: dict, path: Path) -> Path | None:
-    tasks = sorted({task for _, task in curves})
-    if not tasks:
-        return None
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for (method, t), (steps, scores) in sorted(curves.items()):
-            if t == task:
-                mean, low, high = mean_and_ci_over_seeds(scores)
-                color = METHOD_COLORS.get(method)  # the same colour for a method in every panel
-                ax.plot(steps, mean, label=f"{method} (n={len(scores)})", color=color, marker="o")
-                ax.fill_between(steps, low, high, alpha=0.25, color=color)
-        ax.set_title(task)
-        ax.set_xlabel("gradient step")
-        ax.set_ylabel("normalized score")
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

@@ -148,15 +148,15 @@ def test_cli_lists_suites_and_dry_runs_a_grid(tmp_path):
     assert bad.returncode == 2 and "unknown task(s) cifar; choose from mnist-holdout2k" in bad.stderr
 
 
-@pytest.mark.parametrize("suite_name", ["mnist_classifier", "robust_recsys"])
+@pytest.mark.parametrize("suite_name", ["mnist_classifier", "offline_rl", "robust_recsys"])
 def test_a_ported_suite_declares_exactly_the_committed_grid(suite_name):
     """The runner's grid names the same (method, task, seed) cells as the committed records, so the
     committed runs resume under it and its results replace theirs cell for cell."""
     suite = load_suite(suite_name)
     committed = json.loads((REPO / "benchmarks" / suite_name / "results.json").read_text())
-    declared = {(c.method, c.task, c.seed) for c in suite.cells(BenchOptions())}
-    assert declared == {(r["method"], r["task"], r["seed"]) for r in committed["records"]}
-    assert len(declared) == len(suite.cells(BenchOptions()))
+    declared = [(c.method, c.task, seed) for c in suite.cells(BenchOptions()) for seed in c.members or (c.seed,)]
+    assert set(declared) == {(r["method"], r["task"], r["seed"]) for r in committed["records"]}
+    assert len(declared) == len(set(declared)) == len(committed["records"])
     assert {cell.task for cell in suite.cells(BenchOptions(budget="paper"))}  # the paper budget builds too
 
 
@@ -177,3 +177,23 @@ def test_a_batched_seed_cell_makes_one_record_per_member(tmp_path):
     assert [(r["seed"], r["task"]) for r in results["records"]] == [(4, "short"), (5, "short")]
     assert results["records"][0]["metrics"]["neg_mse"] - results["records"][1]["metrics"]["neg_mse"] == 1.0
     assert "(n=2)" in (Path(options.out) / "README.md").read_text()
+
+
+def test_offline_rl_cells_record_each_batched_seed_and_state_the_claims_direction(tmp_path):
+    from grp_workbench.envs.datasets import build
+    from grp_workbench.rl.benchmarks import OFFLINE_RL, _medium_replay_claim, _offline_record
+
+    build("pointreach-medium", n_steps=300)
+    cell = OFFLINE_RL.cells(BenchOptions(seeds=(3, 4)))[0]
+    config = replace(cell.config, dataset="pointreach-medium", total_steps=10, eval_every=5, checkpoint_every=5,
+                     hidden=32, batch_size=32, eval_episodes=1)
+    cell = replace(cell, config=config, task="pointreach-medium")
+    run_cell(OFFLINE_RL, BenchOptions(runs=str(tmp_path)), cell)
+    run = RunDir(tmp_path / cell.run)
+    per_seed = _offline_record(cell, run.summary, run)
+    assert sorted(per_seed) == [3, 4]
+    assert per_seed[3]["normalized_score_last"] == run.read_metrics("eval")[-1]["normalized_score/seed3"]
+    records = [{"method": m, "task": "hopper-medium-replay", "seed": s, "metrics": {"normalized_score_last": v + s}}
+               for m, v in (("a2pr", 20.0), ("td3bc", 10.0)) for s in range(3)]
+    assert "the measured direction agrees; last normalized score IQM, A2PR vs TD3+BC: hopper-medium-replay 21.0 " \
+           "vs 11.0 (A2PR ahead)" in _medium_replay_claim(records)
