@@ -349,3 +349,35 @@ def _run_ray(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan, ad
 def read_results(suite: Suite, options: BenchOptions) -> dict[str, Any] | None:
     path = suite.out_dir(options) / "results.json"
     return read_json(path) if path.is_file() else None
+
+
+def write_combined_report(options: BenchOptions, out: str | os.PathLike = "reports/all") -> Path:
+    """One page over every registered suite, from its results.json: the paper it tests, its status,
+    the headline table, the claim lines, and a link to its README."""
+    from grp_workbench.harness.report import atomic_write_text
+
+    out = Path(out)
+    lines = ["# All benchmarks", "", f"Budget `{options.budget}`; one section per suite, from its results.json "
+             "(`workbench bench all` reruns or continues them; `--report-only` only rewrites this page).", ""]
+    for name in suite_names():
+        suite = load_suite(name)
+        suite_options = dataclasses.replace(options, runs="", out="")
+        results, cells = read_results(suite, suite_options), suite.cells(suite_options)
+        readme = Path(os.path.relpath(suite.out_dir(suite_options) / "README.md", out))
+        lines += [f"## {suite.title}", ""]
+        if results is None:
+            lines += [f"No results yet: `workbench bench {name}`.", ""]
+            continue
+        records = results["records"]
+        expected = sum(len(c.members) or 1 for c in cells)
+        status = "complete" if len(records) >= expected else f"partial ({len(records)} of {expected} records)"
+        methods = list(dict.fromkeys(c.method for c in cells))
+        tasks = list(dict.fromkeys(c.task for c in cells))
+        lines += [f"Suite `{name}`, {status}, commit `{results['git_commit']}`, {results['date']}; "
+                  f"[full results]({readme}).", "", f"Headline `{suite.headline}`:", "",
+                  paper_table(records, suite.headline, methods, tasks), ""]
+        lines += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
+        lines += [""] if suite.claims else []
+    path = out / "index.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -201,9 +201,21 @@ def bench(
     runs: Annotated[Optional[Path], typer.Option(help="run root (default: runs/bench/<suite>)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="results folder (default: benchmarks/<suite>)")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
+    report_only: Annotated[bool, typer.Option("--report-only", help="rewrite results.json and the README from "
+                                              "the finished cells (with `all`: reports/all/index.md from every "
+                                              "suite's results); train nothing")] = False,
 ) -> None:
-    """Run a benchmark suite: its declared grid of cells, resumable, with results.json and a README."""
-    from grp_workbench.harness.bench import BenchOptions, estimated_seconds, load_suite, plan, run_suite, suite_names
+    """Run a benchmark suite (or `all`): its declared grid of cells, resumable, with results.json and a README."""
+    from grp_workbench.harness.bench import (
+        BenchOptions,
+        estimated_seconds,
+        load_suite,
+        plan,
+        run_suite,
+        suite_names,
+        write_combined_report,
+        write_suite_results,
+    )
 
     if list_suites or suite is None:
         for name in suite_names():
@@ -215,6 +227,18 @@ def bench(
         raise typer.BadParameter(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
     options = BenchOptions(budget=budget, seeds=seed_list, methods=_names(methods), tasks=_names(tasks),
                            runs=str(runs or ""), out=str(out or ""), device=device)
+    if suite == "all":
+        for name in [] if report_only or dry_run else suite_names():
+            run_suite(name, BenchOptions(budget=budget, seeds=seed_list, device=device), executor=executor,
+                      workers=workers, address=address, command=f"workbench bench {name} --budget {budget}",
+                      quiet=False)
+        typer.echo(f"combined report: {write_combined_report(BenchOptions(budget=budget), out or 'reports/all')}")
+        return
+    if report_only:
+        written = write_suite_results(load_suite(suite), options, f"workbench bench {suite} --budget {budget}")
+        typer.echo(f"results: {written}" if written else f"{suite}: no finished cell under "
+                   f"{load_suite(suite).run_root(options)}; nothing rewritten")
+        return
     if dry_run:
         loaded = load_suite(suite)
         todo = plan(loaded, options)

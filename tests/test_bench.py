@@ -197,3 +197,15 @@ def test_offline_rl_cells_record_each_batched_seed_and_state_the_claims_directio
                for m, v in (("a2pr", 20.0), ("td3bc", 10.0)) for s in range(3)]
     assert "the measured direction agrees; last normalized score IQM, A2PR vs TD3+BC: hopper-medium-replay 21.0 " \
            "vs 11.0 (A2PR ahead)" in _medium_replay_claim(records)
+
+
+def test_combined_report_has_a_section_per_suite_from_its_results(tmp_path, monkeypatch):
+    from grp_workbench.harness.bench import suite_names, write_combined_report
+
+    monkeypatch.chdir(REPO)  # suites read benchmarks/<suite>/results.json relative to the checkout
+    text = write_combined_report(BenchOptions(), tmp_path / "all").read_text()
+    for name in suite_names():
+        suite = load_suite(name)
+        assert f"## {suite.title}" in text and f"Suite `{name}`, complete" in text
+    assert "| small_cnn | 0.9887 [0.9865, 0.99] (n=3) |" in text
+    assert "A2PR >= TD3+BC, largest gains on medium-replay (paper): the measured direction agrees on some tasks" in text
