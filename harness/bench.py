@@ -215,7 +215,18 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     if not done:
         return None
     records = [record for c in done for record in cell_records(suite, options, c)]
-    status = "complete" if len(done) == len(cells) else f"PARTIAL ({len(done)} of {len(cells)} cells)"
+    # Cells whose runs are not on this machine keep the records an earlier results.json holds for
+    # them (made elsewhere, or before the runs were deleted): a rerun of some cells never drops others.
+    previous = read_results(suite, options) or {"records": []}
+    earlier = {(r["method"], r["task"], r["seed"]): r for r in previous["records"]}
+    carried = []
+    for cell in (c for c in cells if c not in done):
+        keys = [(cell.method, cell.task, seed) for seed in cell.members or (cell.seed,)]
+        if all(key in earlier for key in keys):
+            carried.append(cell)
+            records += [earlier[key] for key in keys]
+    finished = len(done) + len(carried)
+    status = "complete" if finished == len(cells) else f"PARTIAL ({finished} of {len(cells)} cells)"
     methods = list(dict.fromkeys(c.method for c in cells))
     tasks = list(dict.fromkeys(c.task for c in cells))
     opening = [f"{suite.title}. Status: {status}.", "",
@@ -225,6 +236,10 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
         opening += ["Claims of the paper and the direction measured here:", ""]
         opening += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
     notes = suite.notes(options)
+    if carried:
+        notes += (f" {len(carried)} of the {len(cells)} cells are carried over from the previous results.json "
+                  f"(commit {previous.get('git_commit', 'unknown')}, {previous.get('date', '')}); their runs are not "
+                  "under this run root.")
     if status != "complete":
         notes = f"{status}. {notes}"
     return write_results(suite.out_dir(options), suite.name, command, records, notes=notes,

@@ -209,3 +209,19 @@ def test_combined_report_has_a_section_per_suite_from_its_results(tmp_path, monk
         assert f"## {suite.title}" in text and f"Suite `{name}`, complete" in text
     assert "| small_cnn | 0.9887 [0.9865, 0.99] (n=3) |" in text
     assert "A2PR >= TD3+BC, largest gains on medium-replay (paper): the measured direction agrees on some tasks" in text
+
+
+def test_rewriting_results_keeps_the_records_of_cells_run_elsewhere(tmp_path):
+    import shutil
+
+    from grp_workbench.harness.bench import write_suite_results
+
+    options = _options(tmp_path, "kept")
+    run_suite(REF, options)
+    before = _records(options)
+    shutil.rmtree(Path(options.runs) / "long" / "sgd-slow-seed1")  # as on a machine that never ran this cell
+    write_suite_results(TOY_SUITE, options, "test")
+    assert _records(options) == before
+    readme = (Path(options.out) / "README.md").read_text()
+    assert "Status: complete." in readme
+    assert "1 of the 8 cells are carried over from the previous results.json" in readme
