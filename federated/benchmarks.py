@@ -44,7 +44,7 @@ def _classifier_notes(options: BenchOptions) -> str:
             "held-out split. Time is wall-clock seconds of the whole run including evaluation.")
 
 
-def _classifier_curves(options: BenchOptions, cells: list[Cell]) -> str:
+def _classifier_curves(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
     from grp_workbench.harness.report import collect_runs, plot_learning_curves
 
     root = MNIST_CLASSIFIER.run_root(options) / CLASSIFIER_PRESET[options.budget]

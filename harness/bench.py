@@ -36,11 +36,11 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from grp_workbench.harness.config import TrainConfig, config_from_dict, diff_configs
+from grp_workbench.harness.config import TrainConfig
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import summarize
 from grp_workbench.harness.runs import RunDir, claim, read_json
-from grp_workbench.harness.trainer import MethodSpec, train
+from grp_workbench.harness.trainer import MethodSpec, config_changes, train_cell
 
 EXECUTORS = ("local", "workers", "ray")
 
@@ -89,7 +89,8 @@ class Suite:
     # one sentence per claim of the paper: a fixed text, or a function of the records that says
     # whether the measured direction agrees (so a rerun restates it)
     claims: tuple[str | Callable[[list[dict[str, Any]]], str], ...] = ()
-    extra_markdown: Callable[[BenchOptions, list[Cell]], str] = lambda options, cells: ""
+    # (options, cells, records) -> markdown below the tables: figures, aggregates
+    extra_markdown: Callable[[BenchOptions, list[Cell], list[dict[str, Any]]], str] = lambda *args: ""
     record_device: bool = False  # add the run's device description to each record
 
     def run_root(self, options: BenchOptions) -> Path:
@@ -142,20 +143,12 @@ def is_done(suite: Suite, options: BenchOptions, cell: Cell) -> bool:
     """Finished with this cell's config (a finished run of other settings in its folder is not this
     cell: training it stops with the harness's one-line config error)."""
     run = RunDir(cell_path(suite, options, cell))
-    if not run.is_finished():
-        return False
-    saved = config_from_dict(cell.spec.config_cls, run.header["config"])
-    return not diff_configs(saved, cell.config)
+    return run.is_finished() and not config_changes(cell.spec, run, cell.config)
 
 
 def run_cell(suite: Suite, options: BenchOptions, cell: Cell, quiet: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip) one cell; returns its run's summary. A Ctrl-C stops the suite."""
-    summary = train(cell.spec, cell.config, str(cell_path(suite, options, cell)), cell.preset,
-                    if_exists="resume-or-start", quiet=quiet)
-    if summary["status"] == "interrupted":
-        raise SystemExit(f"interrupted at step {summary['step']}: {cell_path(suite, options, cell)} keeps its "
-                         "checkpoint; run the same command again to continue.")
-    return summary
+    return train_cell(cell.spec, cell.config, str(cell_path(suite, options, cell)), cell.preset, quiet=quiet)
 
 
 def run_cell_by_index(suite_ref: str, options: BenchOptions, index: int) -> str:
@@ -243,7 +236,7 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     if status != "complete":
         notes = f"{status}. {notes}"
     return write_results(suite.out_dir(options), suite.name, command, records, notes=notes,
-                         extra_markdown=suite.extra_markdown(options, cells), opening="\n".join(opening))
+                         extra_markdown=suite.extra_markdown(options, cells, records), opening="\n".join(opening))
 
 
 # ---- executors -------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from grp_workbench.harness.data import REPO_ROOT  # noqa: E402
 from grp_workbench.harness.errors import HarnessError, HarnessWarning  # noqa: E402
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, summarize  # noqa: E402
 from grp_workbench.harness.runs import (  # noqa: E402,E501
@@ -276,7 +277,7 @@ def write_report(roots: list[str | os.PathLike], out_dir: str | os.PathLike, met
 def portable(text: str) -> str:
     """``text`` with this checkout's absolute folder (and the working directory) removed, so that a
     committed command or note reruns as written on any machine's checkout."""
-    for root in sorted({str(Path.cwd().resolve()), str(Path(__file__).resolve().parents[1])}, key=len, reverse=True):
+    for root in sorted({str(Path.cwd().resolve()), str(REPO_ROOT)}, key=len, reverse=True):
         text = text.replace(root + os.sep, "").replace(root, ".")
     return text
 

@@ -358,9 +358,13 @@ def train_cell(spec: MethodSpec, config: TrainConfig, run_dir: str, preset: str,
     return summary
 
 
+def config_changes(spec: MethodSpec, run: RunDir, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved, now)}`` for every field where ``config`` differs from the run's saved one."""
+    return diff_configs(config_from_dict(spec.config_cls, run.header["config"]), config)
+
+
 def _require_same_config(spec: MethodSpec, run: RunDir, config: TrainConfig) -> None:
-    saved = config_from_dict(spec.config_cls, run.header["config"])
-    changed = diff_configs(saved, config)
+    changed = config_changes(spec, run, config)
     if changed:
         detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise HarnessError(

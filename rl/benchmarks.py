@@ -143,17 +143,13 @@ def _medium_replay_claim(records: list[dict]) -> str:
             f"normalized score IQM, A2PR vs TD3+BC: {'; '.join(wins)}.")
 
 
-def _offline_extra(options: BenchOptions, cells: list[Cell]) -> str:
+def _offline_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    """The aggregate over every record (carried-over ones too) and the curves of the runs here."""
     from grp_workbench.harness.bench import is_done
 
-    curves, records = {}, []
-    for cell in cells:
-        if not is_done(OFFLINE_RL, options, cell):
-            continue
-        run = RunDir(OFFLINE_RL.run_root(options) / cell.run)
-        curves[(cell.method, cell.task)] = member_scores(run, list(cell.members))
-        records += [{"method": cell.method, "task": cell.task, "seed": seed, "metrics": metrics}
-                    for seed, metrics in _offline_record(cell, run.summary, run).items()]
+    curves = {(cell.method, cell.task): member_scores(RunDir(OFFLINE_RL.run_root(options) / cell.run),
+                                                      list(cell.members))
+              for cell in cells if is_done(OFFLINE_RL, options, cell)}
     parts = [aggregate_markdown(records)]
     figure = plot_curves(curves, OFFLINE_RL.out_dir(options) / "learning_curves.png")
     if figure:

@@ -24,18 +24,13 @@ from grp_workbench.harness.config import build_config
 from grp_workbench.harness.report import write_results
 from grp_workbench.harness.runs import RunDir
 from grp_workbench.harness.trainer import train_cell
+from grp_workbench.recsys.benchmarks import RESULT_METHOD, ROBUST_RECSYS
 from grp_workbench.recsys.train import SPECS
-
-METRICS = ("recall@20", "ndcg@20", "t_hr@50", "t_ndcg@50")
-RESULT_METHOD = {"bpr": "none", "apr": "apr", "vat": "vat"}  # the common results format names
 
 
 def cell_record(spec_name: str, seed: int, summary: dict, run: RunDir) -> dict:
-    n_evals = max(len(run.read_metrics("eval")), 1)
-    throughput = summary["throughput"]
-    metrics = {m: summary["final"][m] for m in METRICS}
-    metrics["epochs_per_s"] = throughput["steps_per_s"]
-    metrics["eval_seconds"] = throughput["eval_seconds"] / n_evals
+    """The record the runner's robust_recsys suite makes of the same run (recsys/benchmarks.py)."""
+    metrics = ROBUST_RECSYS.record(None, summary, run)
     return {"method": RESULT_METHOD[spec_name], "task": summary["task"], "seed": seed, "metrics": metrics}
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
-from grp_workbench.harness.config import build_config, config_from_dict, diff_configs
+from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import WorkbenchError
 from grp_workbench.harness.progress import step
 from grp_workbench.harness.report import write_report
 from grp_workbench.harness.runs import RunDir
-from grp_workbench.harness.trainer import train, train_cell
+from grp_workbench.harness.trainer import config_changes, train, train_cell
 from grp_workbench.recsys.train import SPECS as RECSYS
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
@@ -132,7 +132,7 @@ def train_demo_cell(spec, config, run_dir: str, preset: str, quiet: bool) -> tup
     made with other settings is trained again. Returns the summary and what happened."""
     existing = RunDir(run_dir)
     if existing.exists():
-        changed = diff_configs(config_from_dict(spec.config_cls, existing.header["config"]), config)
+        changed = config_changes(spec, existing, config)
         if changed:
             print(f"{run_dir} was made with other settings ({', '.join(changed)}); training it again")
             return train(spec, config, run_dir, preset, if_exists="overwrite", quiet=quiet), "trained"
