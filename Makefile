@@ -28,10 +28,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
-# Suites on the shared runner go through `workbench bench`; the others still have their own script.
+# One suite on the shared runner (`make bench SUITE=offline_rl ARGS="--dry-run"`), or every suite
+# (SUITE=all, the default), then reports/all/index.md.
+SUITE ?= all
 bench: $(STAMP)
-	@if $(BIN)/workbench bench --list | grep -qx '$(SUITE)'; then $(BIN)/workbench bench $(SUITE); \
-	else $(BIN)/python scripts/bench_$(SUITE).py; fi
+	$(BIN)/workbench bench $(SUITE) $(ARGS)
 
 # Rewrite the lock from the current venv (after changing dependencies in pyproject.toml).
 lock: $(STAMP)

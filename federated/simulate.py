@@ -28,7 +28,10 @@ def simulate(settings: FLSettings, num_clients: int, cpus_per_client: float = 1.
     require_writable_folder(settings.output_dir, "output folder")
     _require_same_settings(settings, num_clients)
     encoded = json.dumps(dataclasses.asdict(settings))
-    previous = os.environ.get(SETTINGS_ENV)
+    # Flower's Ray backend rewrites this process's environment (PYTHONPATH gains Ray's third-party
+    # folder and an empty entry, i.e. the working directory); a caller that goes on (a benchmark,
+    # a subprocess it starts) gets its own environment back
+    environment = dict(os.environ)
     # the ServerApp runs in a thread of this process, and Ray's workers inherit its environment
     os.environ[SETTINGS_ENV] = encoded
     backend_config = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}}
@@ -36,10 +39,8 @@ def simulate(settings: FLSettings, num_clients: int, cpus_per_client: float = 1.
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
                        backend_config=backend_config, verbose_logging=verbose)
     finally:
-        if previous is None:
-            os.environ.pop(SETTINGS_ENV, None)
-        else:
-            os.environ[SETTINGS_ENV] = previous
+        os.environ.clear()
+        os.environ.update(environment)
     summary_path = Path(settings.output_dir) / "summary.json"
     summary = json.loads(summary_path.read_text())
     atomic_write_json(summary_path, {**summary, "num_clients": num_clients})

@@ -17,6 +17,13 @@ A cell is named by (suite, options, index) so that a worker process or a Ray tas
 the suite's declaration instead of receiving pickled models and configs; the driver reads records
 from the finished run folders.
 
+Most cells train a method (a harness run). A *measured* cell is work that is not a training run (an
+attack on one captured update, a timing of several implementations side by side): its ``measure``
+function computes records in the cell's folder, the runner stores them in ``<cell>/record.json``
+with the cell's parameters, and the cell counts as done while those parameters are unchanged. What
+several cells need first (a prior, a classifier, captured updates) is the suite's ``prepare`` step,
+run once by the driver before any cell starts, into the suite's run root.
+
 Suites are registered under the entry-point group ``grp_workbench.bench`` (pyproject.toml), so
 ``workbench bench --list`` names them without importing any method.
 """
@@ -36,10 +43,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from grp_workbench.harness.config import TrainConfig
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import summarize
-from grp_workbench.harness.runs import RunDir, claim, read_json
+from grp_workbench.harness.runs import RunDir, atomic_write_json, claim, hold_run, machine_info, now_iso, read_json
 from grp_workbench.harness.trainer import MethodSpec, config_changes, train_cell
 
 EXECUTORS = ("local", "workers", "ray")
@@ -52,8 +58,8 @@ class Cell:
     method: str  # the method's name in results (may differ from the spec's CLI name)
     task: str
     seed: int
-    spec: MethodSpec
-    config: TrainConfig
+    spec: MethodSpec | None  # None for a measured cell
+    config: Any  # a TrainConfig, or the JSON-able parameters of a measured cell
     run: str  # run folder, relative to the suite's run root
     preset: str = "paper"
     cpus: float = 1.0  # what one cell asks of an executor (Ray's num_cpus / num_gpus)
@@ -61,6 +67,26 @@ class Cell:
     # seeds trained together in this one run (batched networks, ``n_seeds``): the suite's record
     # function then returns {seed: metrics} and the cell makes one record per member
     members: tuple[int, ...] = ()
+    # a cell whose records differ in method or task (one run evaluated on several level sets, one
+    # timing of several implementations): the (method, task, seed) of each; its record function
+    # (or ``measure``) then returns {(method, task, seed): metrics}
+    outputs: tuple[tuple[str, str, int], ...] = ()
+    # a measured cell: (cell, its folder) -> metrics, or {key: metrics} as a record function returns
+    measure: Callable[[Cell, Path], dict[Any, Any]] | None = None
+
+    def keys(self) -> tuple[tuple[str, str, int], ...]:
+        """The (method, task, seed) of every record this cell makes."""
+        if self.outputs:
+            return self.outputs
+        return tuple((self.method, self.task, seed) for seed in self.members or (self.seed,))
+
+    def per_key(self, measured: dict[Any, Any]) -> dict[tuple[str, str, int], dict[str, float]]:
+        """A record function's (or ``measure``'s) result as {(method, task, seed): metrics}."""
+        if self.outputs:
+            return {key: measured[key] for key in self.outputs}
+        if self.members:
+            return {(self.method, self.task, seed): measured[seed] for seed in self.members}
+        return {(self.method, self.task, self.seed): measured}
 
 
 @dataclass(frozen=True)
@@ -81,8 +107,9 @@ class Suite:
     name: str
     title: str  # the paper (or question) the suite answers, for the combined report
     grid: Callable[[BenchOptions], list[Cell]]
-    # finished run -> metrics, or {seed: metrics} for a cell with batched ``members``
-    record: Callable[[Cell, dict[str, Any], RunDir], dict[Any, Any]]
+    # finished run -> metrics, or {seed: metrics} for a cell with batched ``members``, or
+    # {(method, task, seed): metrics} for a cell with ``outputs``; None when every cell is measured
+    record: Callable[[Cell, dict[str, Any], RunDir], dict[Any, Any]] | None
     headline: str  # the metric of the paper-style table
     notes: Callable[[BenchOptions], str] = lambda options: ""
     budgets: tuple[str, ...] = ("cpu", "paper")
@@ -92,6 +119,13 @@ class Suite:
     # (options, cells, records) -> markdown below the tables: figures, aggregates
     extra_markdown: Callable[[BenchOptions, list[Cell], list[dict[str, Any]]], str] = lambda *args: ""
     record_device: bool = False  # add the run's device description to each record
+    # records -> the paper-style table(s), when rows = methods x columns = tasks is not how the field
+    # prints it (attack x defense, ...); the default is ``paper_table`` of the headline
+    tables: Callable[[list[dict[str, Any]]], str] | None = None
+    # (options, the cells about to run) -> None: what those cells need first, made once by the driver
+    prepare: Callable[[BenchOptions, list[Cell]], None] | None = None
+    # options -> the folder name under runs/bench and benchmarks (default: <suite>[_<budget>])
+    folder: Callable[[BenchOptions], str] | None = None
 
     def run_root(self, options: BenchOptions) -> Path:
         """runs/bench/<suite> for the cpu budget, runs/bench/<suite>_<budget> for another."""
@@ -101,6 +135,8 @@ class Suite:
         return Path(options.out or f"benchmarks/{self._folder(options)}")
 
     def _folder(self, options: BenchOptions) -> str:
+        if self.folder is not None:
+            return self.folder(options)
         return self.name if options.budget == "cpu" else f"{self.name}_{options.budget}"
 
     def cells(self, options: BenchOptions) -> list[Cell]:
@@ -108,14 +144,14 @@ class Suite:
         if options.budget not in self.budgets:
             raise HarnessError(f"suite {self.name}: budget {options.budget!r} is not one of {', '.join(self.budgets)}.")
         cells = self.grid(options)
-        for what, chosen in (("method", options.methods), ("task", options.tasks)):
-            known = sorted({getattr(c, what) for c in cells})
+        for position, what, chosen in ((0, "method", options.methods), (1, "task", options.tasks)):
+            known = sorted({key[position] for c in cells for key in c.keys()})
             unknown = sorted(set(chosen or ()) - set(known))
             if unknown:
                 raise HarnessError(f"suite {self.name}: unknown {what}(s) {', '.join(unknown)}; choose from "
                                    f"{', '.join(known)}.")
-        return [c for c in cells if (not options.methods or c.method in options.methods)
-                and (not options.tasks or c.task in options.tasks)]
+        return [c for c in cells if (not options.methods or {k[0] for k in c.keys()} & set(options.methods))
+                and (not options.tasks or {k[1] for k in c.keys()} & set(options.tasks))]
 
 
 # ---- registry --------------------------------------------------------------------------------------
@@ -139,16 +175,44 @@ def cell_path(suite: Suite, options: BenchOptions, cell: Cell) -> Path:
     return suite.run_root(options) / cell.run
 
 
+RECORD_FILE = "record.json"  # a measured cell's records, beside its parameters
+ANALYSIS_FILE = "analysis.md"  # a suite's hand-written reading of its results, kept across rewrites
+
+
+def _same_params(stored: Any, params: Any) -> bool:
+    return stored == json.loads(json.dumps(params))
+
+
 def is_done(suite: Suite, options: BenchOptions, cell: Cell) -> bool:
     """Finished with this cell's config (a finished run of other settings in its folder is not this
-    cell: training it stops with the harness's one-line config error)."""
-    run = RunDir(cell_path(suite, options, cell))
+    cell: training it stops with the harness's one-line config error); a measured cell: its
+    record.json holds the cell's parameters."""
+    path = cell_path(suite, options, cell)
+    if cell.measure is not None:
+        record = path / RECORD_FILE
+        return record.is_file() and _same_params(read_json(record).get("params"), cell.config)
+    run = RunDir(path)
     return run.is_finished() and not config_changes(cell.spec, run, cell.config)
 
 
 def run_cell(suite: Suite, options: BenchOptions, cell: Cell, quiet: bool = True) -> dict[str, Any]:
-    """Train (or resume, or skip) one cell; returns its run's summary. A Ctrl-C stops the suite."""
-    return train_cell(cell.spec, cell.config, str(cell_path(suite, options, cell)), cell.preset, quiet=quiet)
+    """Train (or resume, or skip) one cell; returns its run's summary (a measured cell: its
+    record.json). A Ctrl-C stops the suite."""
+    path = cell_path(suite, options, cell)
+    if cell.measure is None:
+        return train_cell(cell.spec, cell.config, str(path), cell.preset, quiet=quiet)
+    with hold_run(path):  # one writer per cell, as for a training run
+        if not is_done(suite, options, cell):
+            path.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            measured = cell.per_key(cell.measure(cell, path))
+            seconds = time.perf_counter() - start
+            records = [{"method": method, "task": task, "seed": seed, "metrics": metrics}
+                       for (method, task, seed), metrics in measured.items()]
+            # written last and atomically: a cell killed while measuring has no record and is measured again
+            atomic_write_json(path / RECORD_FILE, {"params": cell.config, "records": records, "date": now_iso(),
+                                                   "seconds": seconds, "machine": machine_info()})
+        return read_json(path / RECORD_FILE)
 
 
 def run_cell_by_index(suite_ref: str, options: BenchOptions, index: int) -> str:
@@ -162,13 +226,14 @@ def run_cell_by_index(suite_ref: str, options: BenchOptions, index: int) -> str:
 # ---- records and the README -----------------------------------------------------------------------
 def cell_records(suite: Suite, options: BenchOptions, cell: Cell) -> list[dict[str, Any]]:
     """The records of a finished cell: one, or one per member of a batched-seed cell."""
-    run = RunDir(cell_path(suite, options, cell))
+    path = cell_path(suite, options, cell)
+    if cell.measure is not None:
+        return read_json(path / RECORD_FILE)["records"]
+    run = RunDir(path)
     summary = run.summary
-    measured = suite.record(cell, summary, run)
-    per_seed = {seed: measured[seed] for seed in cell.members} if cell.members else {cell.seed: measured}
     records = []
-    for seed, metrics in per_seed.items():
-        record = {"method": cell.method, "task": cell.task, "seed": seed, "metrics": metrics}
+    for (method, task, seed), metrics in cell.per_key(suite.record(cell, summary, run)).items():
+        record = {"method": method, "task": task, "seed": seed, "metrics": metrics}
         if suite.record_device:
             record["device"] = summary.get("device", {})
         records.append(record)
@@ -197,6 +262,26 @@ def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], 
     return "\n".join([head, rule, *rows])
 
 
+def suite_tables(suite: Suite, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    """The suite's own table layout, or rows = methods x columns = tasks of the headline."""
+    if suite.tables is not None:
+        return suite.tables(records)
+    methods = list(dict.fromkeys(key[0] for c in cells for key in c.keys()))
+    tasks = list(dict.fromkeys(key[1] for c in cells for key in c.keys()))
+    return paper_table(records, suite.headline, methods, tasks)
+
+
+def figure_link(path: Path | None, alt: str, out_dir: Path) -> str:
+    """Markdown for a figure of the suite's results folder: the one just drawn, or the one drawn by
+    an earlier run when the runs to draw it are not on this machine; empty when there is none."""
+    if path is None:
+        return ""
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    return f"![{alt}]({path.relative_to(out_dir) if path.is_relative_to(out_dir) else path.name})\n"
+
+
 def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Path | None:
     """results.json and README.md from every finished cell of the whole grid (a run filtered to some
     methods or tasks never drops the records of the others), labelled partial or complete."""
@@ -205,8 +290,6 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     options = dataclasses.replace(options, methods=None, tasks=None)
     cells = suite.cells(options)
     done = [c for c in cells if is_done(suite, options, c)]
-    if not done:
-        return None
     records = [record for c in done for record in cell_records(suite, options, c)]
     # Cells whose runs are not on this machine keep the records an earlier results.json holds for
     # them (made elsewhere, or before the runs were deleted): a rerun of some cells never drops others.
@@ -214,17 +297,16 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     earlier = {(r["method"], r["task"], r["seed"]): r for r in previous["records"]}
     carried = []
     for cell in (c for c in cells if c not in done):
-        keys = [(cell.method, cell.task, seed) for seed in cell.members or (cell.seed,)]
-        if all(key in earlier for key in keys):
+        if all(key in earlier for key in cell.keys()):
             carried.append(cell)
-            records += [earlier[key] for key in keys]
+            records += [earlier[key] for key in cell.keys()]
+    if not records:
+        return None
     finished = len(done) + len(carried)
     status = "complete" if finished == len(cells) else f"PARTIAL ({finished} of {len(cells)} cells)"
-    methods = list(dict.fromkeys(c.method for c in cells))
-    tasks = list(dict.fromkeys(c.task for c in cells))
     opening = [f"{suite.title}. Status: {status}.", "",
                f"Headline: `{suite.headline}`, IQM [95% CI] over seeds (n = seeds finished).", "",
-               paper_table(records, suite.headline, methods, tasks), ""]
+               suite_tables(suite, cells, records), ""]
     if suite.claims:
         opening += ["Claims of the paper and the direction measured here:", ""]
         opening += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
@@ -235,8 +317,14 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
                   "under this run root.")
     if status != "complete":
         notes = f"{status}. {notes}"
+    extra = suite.extra_markdown(options, cells, records)
+    analysis = suite.out_dir(options) / ANALYSIS_FILE
+    if analysis.is_file():
+        extra += (f"\n\n*Below: {ANALYSIS_FILE}, written by people about these records; the runner includes it and "
+                  f"never rewrites it.*\n\n{analysis.read_text()}")
     return write_results(suite.out_dir(options), suite.name, command, records, notes=notes,
-                         extra_markdown=suite.extra_markdown(options, cells, records), opening="\n".join(opening))
+                         extra_markdown=extra, opening="\n".join(opening),
+                         machine=previous.get("machine") if not done else None)  # measured there, not here
 
 
 # ---- executors -------------------------------------------------------------------------------------
@@ -255,9 +343,15 @@ def plan(suite: Suite, options: BenchOptions) -> Plan:
     return result
 
 
-def estimated_seconds(suite: Suite, options: BenchOptions, cell: Cell) -> float | None:
-    """From a run of the same cell that measured its speed (an unfinished one), else None."""
+def estimated_seconds(suite: Suite, options: BenchOptions, cell: Cell, done: list[Cell] = ()) -> float | None:
+    """From a run of the same cell that measured its speed (an unfinished one); a measured cell: the
+    median time of the finished cells of its method (``done``); else None."""
     path = cell_path(suite, options, cell)
+    if cell.measure is not None:
+        times = [read_json(cell_path(suite, options, c) / RECORD_FILE).get("seconds") for c in done
+                 if c.measure is not None and c.method == cell.method]
+        times = sorted(t for t in times if t is not None)
+        return times[len(times) // 2] if times else None
     run = RunDir(path)
     rows = [r for r in run.read_metrics("train") if "steps_per_s" in r] if run.exists() else []
     if not rows:
@@ -274,6 +368,8 @@ def run_suite(suite_ref: str, options: BenchOptions, executor: str = "local", wo
     suite = load_suite(suite_ref)
     todo = plan(suite, options)
     command = command or f"workbench bench {suite.name}"
+    if todo.todo and suite.prepare is not None:
+        suite.prepare(options, [todo.cells[i] for i in todo.todo])
     if executor == "local":
         for index in todo.todo:
             run_cell(suite, options, todo.cells[index], quiet=quiet)
@@ -377,13 +473,11 @@ def write_combined_report(options: BenchOptions, out: str | os.PathLike = "repor
             lines += [f"No results yet: `workbench bench {name}`.", ""]
             continue
         records = results["records"]
-        expected = sum(len(c.members) or 1 for c in cells)
+        expected = sum(len(c.keys()) for c in cells)
         status = "complete" if len(records) >= expected else f"partial ({len(records)} of {expected} records)"
-        methods = list(dict.fromkeys(c.method for c in cells))
-        tasks = list(dict.fromkeys(c.task for c in cells))
         lines += [f"Suite `{name}`, {status}, commit `{results['git_commit']}`, {results['date']}; "
                   f"[full results]({readme}).", "", f"Headline `{suite.headline}`:", "",
-                  paper_table(records, suite.headline, methods, tasks), ""]
+                  suite_tables(suite, cells, records), ""]
         lines += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
         lines += [""] if suite.claims else []
     path = out / "index.md"

@@ -228,11 +228,19 @@ def bench(
     options = BenchOptions(budget=budget, seeds=seed_list, methods=_names(methods), tasks=_names(tasks),
                            runs=str(runs or ""), out=str(out or ""), device=device)
     if suite == "all":
+        failed = []
         for name in [] if report_only or dry_run else suite_names():
-            run_suite(name, BenchOptions(budget=budget, seeds=seed_list, device=device), executor=executor,
-                      workers=workers, address=address, command=f"workbench bench {name} --budget {budget}",
-                      quiet=False)
+            try:  # one suite that cannot run here (a missing optional package) does not stop the others
+                run_suite(name, BenchOptions(budget=budget, seeds=seed_list, device=device), executor=executor,
+                          workers=workers, address=address, command=f"workbench bench {name} --budget {budget}",
+                          quiet=False)
+            except WorkbenchError as err:
+                failed.append(name)
+                typer.echo(f"{name}: stopped: {err}", err=True)
         typer.echo(f"combined report: {write_combined_report(BenchOptions(budget=budget), out or 'reports/all')}")
+        if failed:
+            typer.echo(f"suites that stopped: {', '.join(failed)} (their finished cells are kept)", err=True)
+            raise typer.Exit(1)
         return
     if report_only:
         written = write_suite_results(load_suite(suite), options, f"workbench bench {suite} --budget {budget}")
@@ -246,11 +254,13 @@ def bench(
                    f"(run root {loaded.run_root(options)})")
         for index in todo.todo:
             cell = todo.cells[index]
-            seconds = estimated_seconds(loaded, options, cell)
-            cost = f"~{seconds / 60:.0f} min left at its measured speed" if seconds is not None else "cost unknown"
+            seconds = estimated_seconds(loaded, options, cell, todo.done)
+            cost = (f"~{seconds / 60:.1f} min at the measured speed" if seconds is not None else "cost unknown")
             seeds = (f"seeds {cell.members[0]}-{cell.members[-1]} (batched)" if cell.members
                      else f"seed {cell.seed}")
-            typer.echo(f"  to run: {cell.method} {cell.task} {seeds} -> {cell.run} ({cost})")
+            what = (f"{len(cell.outputs)} records ({', '.join(sorted({f'{m} {t}' for m, t, _ in cell.outputs}))})"
+                    if cell.outputs else f"{cell.method} {cell.task} {seeds}")
+            typer.echo(f"  to run: {what} -> {cell.run} ({cost})")
         return
     command = "workbench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("workbench") else ""
     after = run_suite(suite, options, executor=executor, workers=workers, address=address, command=command,

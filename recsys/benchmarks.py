@@ -68,8 +68,324 @@ def _notes(options: BenchOptions) -> str:
             "eval_seconds (one full evaluation) are throughput on this machine.")
 
 
+def _tables(records: list[dict[str, Any]]) -> str:
+    """As VAT's tables print them: per model, defenses as rows and attacks as columns."""
+    from grp_workbench.harness.bench import paper_table
+
+    parts = []
+    for metric, what in (("t_hr@50", "T-HR@50 of the target items (lower is more robust)"),
+                         ("recall@20", "Recall@20 of real users (the cost of the defense)")):
+        for model in MODELS:
+            tasks = sorted({r["task"] for r in records if f"-{model}-" in r["task"]},
+                           key=lambda task: ATTACKS.index(task.rsplit("-", 1)[1]))
+            if not tasks:
+                continue
+            table = paper_table(records, metric, [RESULT_METHOD[d] for d in DEFENSES], tasks)
+            for task in tasks:
+                table = table.replace(f" {task} ", f" {task.rsplit('-', 1)[1]} ", 1)
+            parts.append(f"{model.upper() if model == 'mf' else 'LightGCN'}, {what}; columns: the attack:\n\n{table}")
+    return "\n\n".join(parts)
+
+
+def _robust_iqm(records: list[dict[str, Any]], defense: str, task: str, metric: str) -> float | None:
+    from grp_workbench.harness.evaluation import summarize
+
+    values = [r["metrics"][metric] for r in records if (r["method"], r["task"]) == (defense, task)]
+    return summarize(values)["iqm"] if values else None
+
+
+def _vat_claim(records: list[dict[str, Any]]) -> str:
+    """VAT's claim: lower target hit ratio under poisoning than no defense and than APR."""
+    rows, wins, compared = [], 0, 0
+    for task in sorted({r["task"] for r in records if not r["task"].endswith("-none")}):
+        score = {d: _robust_iqm(records, d, task, "t_hr@50") for d in ("none", "apr", "vat")}
+        if any(v is None for v in score.values()):
+            continue
+        compared += 1
+        best = score["vat"] < min(score["none"], score["apr"])
+        wins += best
+        rows.append(f"{task.split('-', 2)[2]} {'VAT lowest' if best else 'VAT not lowest'}")
+    if not compared:
+        return "VAT < APR < no defense in T-HR@50 under poisoning (paper): not measured yet."
+    verdict = ("agrees" if wins == compared else "does not agree" if not wins
+               else f"agrees in {wins} of {compared} cells")
+    return (f"VAT has the lowest T-HR@50 under poisoning, below APR and no defense (paper): the measured direction "
+            f"{verdict} ({'; '.join(rows)}).")
+
+
+def _recall_claim(records: list[dict[str, Any]]) -> str:
+    """VAT's claim: robustness without giving up recommendation quality (Recall@20 near the undefended)."""
+    rows = []
+    for model in MODELS:
+        task = next((r["task"] for r in records if r["task"].endswith(f"-{model}-none")), None)
+        vat, none = (_robust_iqm(records, d, task, "recall@20") if task else None for d in ("vat", "none"))
+        if vat is not None and none is not None:
+            rows.append(f"{model}: VAT {vat:.4f} vs none {none:.4f} ({vat / none - 1:+.1%})")
+    if not rows:
+        return "VAT keeps Recall@20 close to the undefended model (paper): not measured yet."
+    return "VAT keeps Recall@20 close to the undefended model, clean data (paper): " + "; ".join(rows) + "."
+
+
 ROBUST_RECSYS = Suite(
     name="robust_recsys",
     title="VAT (vulnerability-aware adversarial training) against poisoning: target-item hit ratio T-HR@50",
-    grid=_cells, record=_record, headline="t_hr@50", notes=_notes,
+    grid=_cells, record=_record, headline="t_hr@50", notes=_notes, tables=_tables, claims=(_vat_claim, _recall_claim),
+)
+
+
+# ---- gowalla_anchor: MF-BPR and LightGCN on full Gowalla against the LightGCN paper ------------------
+PUBLISHED = {"lightgcn": {"recall@20": 0.1830, "ndcg@20": 0.1554}, "mf": {"recall@20": 0.1291, "ndcg@20": 0.1109}}
+# ``vat``: the optimizer this project trains with everywhere else (the VAT code's AdamW, weight decay
+# 0.01, L2 1e-4 on the batch's mean squared ego norms); ``lightgcn-paper``: the LightGCN code's (Adam
+# without decoupled decay, L2 1e-4 on half the squared ego norms, our l2_reg 5e-5)
+ANCHOR_VARIANTS = {"vat": {}, "lightgcn-paper": {"weight_decay": 0.0, "l2_reg": 5e-5}}
+ANCHOR_METRICS = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
+ANCHOR_EPOCHS = {"cpu": 1000, "paper": 1000}  # the LightGCN paper's 1000 epochs; a time limit stops sooner
+
+
+def _anchor_cells(options: BenchOptions) -> list[Cell]:
+    spec = SPECS["bpr"]
+    epochs = ANCHOR_EPOCHS[options.budget]
+    cells = []
+    for variant, overrides in ANCHOR_VARIANTS.items():
+        for model in MODELS:
+            for seed in options.seeds or (0,):
+                values = {"model": model, "dataset": "gowalla", "user_sample": 0, "attack": "none", "seed": seed,
+                          "total_steps": epochs, "eval_every": 20, "checkpoint_every": 20, "log_every": 10,
+                          "device": options.device, **overrides}
+                config = build_config(spec.config_cls, spec.presets, "paper", {k: str(v) for k, v in values.items()})
+                # one model per process; on a GPU two cells share it (Ray's fractional GPU request)
+                cells.append(Cell(f"bpr-{variant}", f"gowalla-{model}", seed, spec, config,
+                                  f"{variant}-{model}" + (f"-seed{seed}" if seed else ""),
+                                  gpus=0.5 if options.device.startswith("cuda") else 0.0))
+    return cells
+
+
+def _anchor_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[str, float]:
+    final, best, throughput = summary["final"], summary["best"], summary["throughput"]
+    n_evals = max(len(run.read_metrics("eval")), 1)
+    return {**{m: final[m] for m in ANCHOR_METRICS}, "best_recall@20": best["recall@20"], "epochs": summary["step"],
+            "epochs_per_s": throughput["steps_per_s"], "eval_seconds": throughput["eval_seconds"] / n_evals}
+
+
+def _anchor_notes(options: BenchOptions) -> str:
+    return ("Full Gowalla, LightGCN split (29,858 users, 40,981 items, 810,128 training and 217,242 test "
+            f"interactions), BPR without attack or defense, {ANCHOR_EPOCHS[options.budget]} epochs (the LightGCN "
+            "paper's), evaluation on the test split every 20 epochs over all users with training items masked. "
+            "Published: LightGCN paper Table 4 (LightGCN 1000 epochs; MF-BPR). A cell that takes too long can be "
+            "stopped with SIGINT (`timeout -s INT`): the harness checkpoints, and the next run resumes it; a "
+            "cell's record is written when it has run all its epochs.")
+
+
+def _anchor_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    from grp_workbench.harness.bench import figure_link, is_done
+
+    rows = []
+    for record in records:
+        model = record["task"].removeprefix("gowalla-")
+        metrics, published = record["metrics"], PUBLISHED[model]
+        rows.append(f"| {model} | {record['method'].removeprefix('bpr-')} | {metrics['epochs']:.0f} | "
+                    f"{metrics['recall@20']:.4f} | {metrics['ndcg@20']:.4f} | {metrics['best_recall@20']:.4f} | "
+                    f"{published['recall@20']:.4f} / {published['ndcg@20']:.4f} | "
+                    f"{metrics['recall@20'] / published['recall@20']:.1%} | {metrics['epochs_per_s']:.2f} |")
+    out = GOWALLA_ANCHOR.out_dir(options)
+    runs = [(c, RunDir(GOWALLA_ANCHOR.run_root(options) / c.run)) for c in cells if is_done(GOWALLA_ANCHOR, options, c)]
+    if runs:
+        _anchor_curves(runs, out / "curves.png")
+    table = "\n".join([
+        "| model | optimizer | epochs | Recall@20 | NDCG@20 | best Recall@20 | published R@20 / N@20 | "
+        "ours / published | epochs/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *sorted(rows)])
+    return f"## Against the LightGCN paper\n\n{table}\n\n" + figure_link(out / "curves.png", "Recall@20 per epoch", out)
+
+
+def _anchor_curves(runs: list[tuple[Cell, RunDir]], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, model in zip(axes, MODELS):
+        for cell, run in runs:
+            if cell.task == f"gowalla-{model}":
+                rows = run.read_metrics("eval")
+                ax.plot([r["step"] for r in rows], [r["recall@20"] for r in rows], marker=".", label=cell.method)
+        ax.axhline(PUBLISHED[model]["recall@20"], color="k", linestyle="--", linewidth=1, label="published")
+        ax.set(title=f"Gowalla, {'MF-BPR' if model == 'mf' else 'LightGCN'}", xlabel="epoch", ylabel="test Recall@20")
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _anchor_claim(records: list[dict[str, Any]]) -> str:
+    """LightGCN paper, Table 4: LightGCN beats MF-BPR on Gowalla (Recall@20 0.1830 vs 0.1291)."""
+    by = {(r["method"], r["task"]): r["metrics"] for r in records}
+    parts = []
+    for variant in ANCHOR_VARIANTS:
+        light, mf = by.get((f"bpr-{variant}", "gowalla-lightgcn")), by.get((f"bpr-{variant}", "gowalla-mf"))
+        if light and mf:
+            parts.append(f"{variant} optimizer: LightGCN {light['recall@20']:.4f} (epoch {light['epochs']:.0f}) vs "
+                         f"MF {mf['recall@20']:.4f} (epoch {mf['epochs']:.0f}) "
+                         f"({'same direction' if light['recall@20'] > mf['recall@20'] else 'opposite direction'})")
+    if not parts:
+        return "LightGCN > MF-BPR on Gowalla, Recall@20 0.1830 vs 0.1291 (LightGCN paper): not measured yet."
+    return "LightGCN > MF-BPR on Gowalla, Recall@20 0.1830 vs 0.1291 (LightGCN paper): " + "; ".join(parts) + "."
+
+
+GOWALLA_ANCHOR = Suite(
+    name="gowalla_anchor",
+    title="Sanity anchor: MF-BPR and LightGCN on the full Gowalla split against the LightGCN paper",
+    grid=_anchor_cells, record=_anchor_record, headline="recall@20", notes=_anchor_notes,
+    claims=(_anchor_claim,), extra_markdown=_anchor_extra, record_device=False,
+)
+
+
+# ---- recsys_throughput: our epochs and evaluation beside RecBole's LightGCN, one process -------------
+RECBOLE_SETUP = ('python -m venv .venv-recbole && .venv-recbole/bin/pip install torch==2.13.0 recbole==1.2.1 '
+                 '"numpy<2" "pandas<2.3" "scipy==1.10.1"')
+THROUGHPUT_USERS = {"cpu": 3000, "paper": 0}  # 0: all of Gowalla
+
+RECBOLE_CHILD = """
+import json, sys, time, logging
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[3]))
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.model.general_recommender import LightGCN
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+epochs, evals = int(sys.argv[2]), int(sys.argv[4])
+config = Config(model="LightGCN", dataset="split", config_dict={
+    "data_path": sys.argv[1], "benchmark_filename": ["train", "valid", "test"],
+    "load_col": {"inter": ["user_id", "item_id"]}, "embedding_size": 64, "n_layers": 3, "reg_weight": 1e-4,
+    "train_batch_size": 2048, "eval_batch_size": 409600, "learning_rate": 1e-3, "epochs": epochs,
+    "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+    "eval_args": {"group_by": "user", "order": "RO", "mode": "full"}, "metrics": ["Recall", "NDCG"],
+    "topk": [20], "valid_metric": "Recall@20", "device": "cpu", "use_gpu": False, "show_progress": False,
+    "worker": 0, "checkpoint_dir": sys.argv[1] + "/saved", "state": "ERROR", "seed": 0})
+logging.disable(logging.CRITICAL)
+init_seed(0, True)
+dataset = create_dataset(config)
+train_data, valid_data, test_data = data_preparation(config, dataset)
+model = LightGCN(config, train_data.dataset).to("cpu")
+trainer = Trainer(config, model)
+epoch_seconds = []
+for epoch in range(epochs + 1):
+    start = time.perf_counter()
+    trainer._train_epoch(train_data, epoch_idx=epoch, show_progress=False)
+    epoch_seconds.append(time.perf_counter() - start)
+eval_seconds, result = [], None
+for _ in range(evals):
+    start = time.perf_counter()
+    result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    eval_seconds.append(time.perf_counter() - start)
+print(json.dumps({"epoch_seconds": epoch_seconds[1:], "eval_seconds": eval_seconds,
+                  "recall@20": float(result["recall@20"]), "n_users": dataset.user_num - 1,
+                  "n_items": dataset.item_num - 1, "n_train": len(train_data.dataset)}))
+"""
+
+
+def recbole_python() -> str:
+    """RecBole lives in its own venv (its ray pin conflicts with Flower's; 1.2.1 needs NumPy < 2 and
+    SciPy 1.10): ``$WORKBENCH_RECBOLE_PYTHON``, else ``.venv-recbole/bin/python``."""
+    import os
+
+    return os.environ.get("WORKBENCH_RECBOLE_PYTHON", ".venv-recbole/bin/python")
+
+
+def _throughput_cells(options: BenchOptions) -> list[Cell]:
+    users = THROUGHPUT_USERS[options.budget]
+    task = "gowalla" + (f"-u{users}" if users else "")
+    params = {"user_sample": users, "epochs": 3, "evals": 3}
+    outputs = tuple((name, task, 0) for name in ("workbench-mf", "workbench-lightgcn", "recbole-lightgcn"))
+    return [Cell("workbench-lightgcn", task, 0, None, params, task, measure=_measure_throughput, outputs=outputs)]
+
+
+def _measure_throughput(cell: Cell, folder) -> dict[tuple, dict[str, float]]:
+    """Median epoch time (after one warm-up epoch) and full-evaluation time of our MF and LightGCN,
+    then RecBole's LightGCN on the same split in a child process with the same torch threads: BPR,
+    one uniform negative per training interaction, batch 2048, embedding 64, 3 layers, Recall/NDCG@20
+    over all items with training items masked."""
+    import json
+    import subprocess
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.harness.errors import HarnessError
+
+    python = recbole_python()
+    if not Path(python).is_file():
+        raise HarnessError(f"recsys_throughput times RecBole beside ours, and {python} does not exist. Set it up "
+                           f"once: {RECBOLE_SETUP} (or point WORKBENCH_RECBOLE_PYTHON at a python with recbole).")
+    params, spec, results, data = cell.config, SPECS["bpr"], {}, None
+    for model in ("mf", "lightgcn"):
+        config = build_config(spec.config_cls, spec.presets, "paper", {"model": model,
+                                                                        "user_sample": str(params["user_sample"])})
+        algorithm = spec.build(config, make_policy("cpu", "fp32"))
+        epoch_seconds, eval_seconds, metrics = [], [], {}
+        for _ in range(params["epochs"] + 1):
+            start = time.perf_counter()
+            algorithm.update()
+            epoch_seconds.append(time.perf_counter() - start)
+        for _ in range(params["evals"]):
+            start = time.perf_counter()
+            metrics = algorithm.evaluate()
+            eval_seconds.append(time.perf_counter() - start)
+        data = algorithm.data
+        results[f"workbench-{model}"] = {"epochs_per_s": 1 / float(np.median(epoch_seconds[1:])),
+                                         "eval_seconds": float(np.median(eval_seconds)),
+                                         "recall@20_after_epochs": metrics["recall@20"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "split"  # RecBole benchmark files; test doubles as validation (only test is timed)
+        target.mkdir()
+        for suffix, matrix in (("train", data.train), ("valid", data.test), ("test", data.test)):
+            coo = matrix.tocoo()
+            lines = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in zip(coo.row, coo.col)]
+            (target / f"split.{suffix}.inter").write_text("\n".join(lines) + "\n")
+        child = subprocess.run([python, "-c", RECBOLE_CHILD, tmp, str(params["epochs"]),
+                                str(torch.get_num_threads()), str(params["evals"])], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise HarnessError(f"RecBole failed: {(child.stderr.strip().splitlines() or [f'exit {child.returncode}'])[-1]}")
+    theirs = json.loads(child.stdout.strip().splitlines()[-1])
+    if (theirs["n_users"], theirs["n_train"]) != (data.n_users, data.n_train):
+        raise HarnessError(f"RecBole read another split ({theirs['n_users']} users, {theirs['n_train']} interactions; "
+                           f"ours {data.n_users}, {data.n_train}): the timings would not compare.")
+    results["recbole-lightgcn"] = {"epochs_per_s": 1 / float(np.median(theirs["epoch_seconds"])),
+                                   "eval_seconds": float(np.median(theirs["eval_seconds"])),
+                                   "recall@20_after_epochs": theirs["recall@20"]}
+    return {(name, cell.task, 0): metrics for name, metrics in results.items()}
+
+
+def _throughput_notes(options: BenchOptions) -> str:
+    params = _throughput_cells(options)[0].config
+    return (f"Gowalla (LightGCN split), {params['user_sample'] or 'all'} users (sample_seed 0); median of "
+            f"{params['epochs']} epochs after one warm-up and of {params['evals']} full evaluations, all in one "
+            "process (RecBole in a child process with the same torch threads, right after ours); "
+            f"recall@20_after_epochs is after {params['epochs'] + 1} epochs, a check that both trained the same "
+            f"model, not an accuracy claim. RecBole's venv: `{RECBOLE_SETUP}`.")
+
+
+def _throughput_claim(records: list[dict[str, Any]]) -> str:
+    rate = {r["method"]: r["metrics"] for r in records}
+    if "workbench-lightgcn" not in rate or "recbole-lightgcn" not in rate:
+        return "Our LightGCN against RecBole's: not measured yet."
+    ours, theirs = rate["workbench-lightgcn"], rate["recbole-lightgcn"]
+    return (f"Our LightGCN against RecBole's on the same split: {ours['epochs_per_s'] / theirs['epochs_per_s']:.2f}x "
+            f"the epochs per second, evaluation {theirs['eval_seconds'] / ours['eval_seconds']:.2f}x as fast "
+            f"(Recall@20 after the same epochs: {ours['recall@20_after_epochs']:.4f} vs "
+            f"{theirs['recall@20_after_epochs']:.4f}).")
+
+
+RECSYS_THROUGHPUT = Suite(
+    name="recsys_throughput",
+    title="Recommender throughput: our MF / LightGCN epochs and evaluation beside RecBole's LightGCN",
+    grid=_throughput_cells, record=None, headline="epochs_per_s", notes=_throughput_notes,
+    claims=(_throughput_claim,),
 )

@@ -4,9 +4,13 @@
 halfcheetah, walker2d × medium-replay, medium, medium-expert; ``workbench rl data build``). A cell is
 (task, method); each trains all seeds together as batched networks (``n_seeds``) and makes one record
 per seed: ``normalized_score_last`` (the last evaluation) and ``normalized_score_best``. Run folders
-``<task>/<method>-seeds<first>-<last>`` as ``scripts/bench_offline_rl.py`` made them, so its runs
-resume here. Budget ``cpu``: 10,000 gradient steps, evaluation every 5,000 (the committed grid);
-``paper``: 1,000,000 steps (the papers'), evaluation every 5,000.
+``<task>/<method>-seeds<first>-<last>`` as the former script made them, so its runs resume here.
+Budget ``cpu``: 10,000 gradient steps, evaluation every 5,000 (the committed grid); ``paper``:
+1,000,000 steps (the papers'), evaluation every 5,000.
+
+``level_generation`` (DRED against DR, uniform and PLR on CaveEscape; its level VAE is trained first),
+``procgen_plr`` (PLR's level sampling on Procgen maze) and ``offline_rl_speed`` (update speed beside
+d3rlpy, one measured cell) follow below.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, figure_link
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize
-from grp_workbench.harness.runs import RunDir
+from grp_workbench.harness.runs import RunDir, atomic_write_text
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
 
@@ -150,11 +154,14 @@ def _offline_extra(options: BenchOptions, cells: list[Cell], records: list[dict[
     curves = {(cell.method, cell.task): member_scores(RunDir(OFFLINE_RL.run_root(options) / cell.run),
                                                       list(cell.members))
               for cell in cells if is_done(OFFLINE_RL, options, cell)}
-    parts = [aggregate_markdown(records)]
-    figure = plot_curves(curves, OFFLINE_RL.out_dir(options) / "learning_curves.png")
-    if figure:
-        parts.append(f"![learning curves]({figure.name})")
-    return "\n\n".join(p for p in parts if p)
+    out = OFFLINE_RL.out_dir(options)
+    if curves:
+        plot_curves(curves, out / "learning_curves.png")
+    # without the runs here (records carried over) the figure of the run that made them stays
+    parts = [aggregate_markdown(records), figure_link(out / "learning_curves.png", "learning curves", out)]
+    if (out / "policy_drift.md").is_file():  # measured by `workbench rl drift` on the runs, kept beside
+        parts.append("How far each policy drifts from the data, per seed: [policy_drift.md](policy_drift.md).")
+    return "\n\n".join(p.strip() for p in parts if p)
 
 
 OFFLINE_RL = Suite(
@@ -162,4 +169,444 @@ OFFLINE_RL = Suite(
     title="A2PR (adaptive advantage-guided policy regularization) against TD3+BC on D4RL-style locomotion data",
     grid=_offline_cells, record=_offline_record, headline="normalized_score_last", notes=_offline_notes,
     claims=(_medium_replay_claim,), extra_markdown=_offline_extra,
+)
+
+
+# ---- level_generation: DR, uniform, PLR and DRED students on CaveEscape -------------------------------
+LEVEL_SETS_EVALUATED = ("in_dist", "held_out_structures")
+UED_METHODS = ("dr", "uniform", "plr", "dred")
+# the committed grid: 400k environment steps (48 student updates), evaluation on the first 64 levels
+# of each set, the learning rate and entropy bonus the CPU budget needed (rl/ued/README.md)
+LEVEL_BUDGETS = {
+    "cpu": {"preset": "quick", "student": {"total_steps": 400_000, "eval_every": 100_000, "checkpoint_every": 100_000,
+                                           "eval_limit": 64, "lr": 0.0005, "entropy_coef": 0.01},
+            "vae_preset": "paper", "vae": {"total_steps": 3000, "eval_every": 3000}},
+    "paper": {"preset": "paper", "student": {}, "vae_preset": "paper", "vae": {}},
+    "tiny": {"preset": "tiny", "student": {}, "vae_preset": "tiny", "vae": {}},  # seconds: a smoke test
+}
+
+
+def _vae_cell_config(options: BenchOptions):
+    from grp_workbench.rl.ued.level_vae import SPEC as VAE
+
+    budget = LEVEL_BUDGETS[options.budget]
+    return VAE, build_config(VAE.config_cls, VAE.presets, budget["vae_preset"],
+                             {k: str(v) for k, v in budget["vae"].items()})
+
+
+def _level_cells(options: BenchOptions) -> list[Cell]:
+    from grp_workbench.rl.ued.ppo import SPECS as UED_SPECS
+
+    budget = LEVEL_BUDGETS[options.budget]
+    # DRED reads the VAE by path: absolute, so every executor (and a Ray node) builds the same config
+    vae_run = str((LEVEL_GENERATION.run_root(options) / "level-vae").resolve())
+    cells = []
+    for seed in options.seeds or (0, 1, 2):
+        for method in UED_METHODS:
+            spec = UED_SPECS[method]
+            values = {**budget["student"], "seed": seed, "device": options.device,
+                      **({"vae_run": vae_run} if method == "dred" else {})}
+            config = build_config(spec.config_cls, spec.presets, budget["preset"],
+                                  {k: str(v) for k, v in values.items()})
+            cells.append(Cell(method, "cave_escape-in_dist", seed, spec, config, f"{method}/seed{seed}",
+                              preset=budget["preset"],
+                              outputs=tuple((method, f"cave_escape-{name}", seed) for name in LEVEL_SETS_EVALUATED)))
+    return cells
+
+
+def _level_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[tuple, dict[str, float]]:
+    return {(cell.method, f"cave_escape-{name}", cell.seed): {"solved_rate": summary["final"][f"{name}/solved_rate"],
+                                                            "return": summary["final"][f"{name}/return"]}
+            for name in LEVEL_SETS_EVALUATED}
+
+
+def _prepare_level_generation(options: BenchOptions, todo: list[Cell]) -> None:
+    """DRED's level VAE, trained once before any DRED student, and a picture of what it generates."""
+    if not any(cell.method == "dred" for cell in todo):
+        return
+    import torch
+
+    from grp_workbench.envs.levels import load_levels, save_level_picture
+    from grp_workbench.harness.trainer import train_cell
+    from grp_workbench.rl.ued.level_vae import load_level_vae
+    from grp_workbench.rl.ued.ppo import LEVEL_SETS
+
+    spec, config = _vae_cell_config(options)
+    vae_run = LEVEL_GENERATION.run_root(options) / "level-vae"
+    train_cell(spec, config, str(vae_run), LEVEL_BUDGETS[options.budget]["vae_preset"], quiet=False)
+    vae = load_level_vae(str(vae_run))
+    train_levels = load_levels(LEVEL_SETS / "train.npz")
+    generated, _ = vae.interpolate(vae.encode_levels(train_levels), train_levels, 2, 4,
+                                   torch.Generator().manual_seed(0))
+    picks = np.random.default_rng(0).choice(len(train_levels), 8, replace=False)
+    out = LEVEL_GENERATION.out_dir(options)
+    out.mkdir(parents=True, exist_ok=True)
+    save_level_picture({"training": [train_levels[i] for i in picks], "DRED pair 1": generated[:4],
+                        "DRED pair 2": generated[4:8]}, out / "levels.png")
+
+
+def level_closeness(dred_runs: dict[int, RunDir], dr_blocks: int = 60) -> str:
+    """How close each level source is to the training levels: the fraction of cells in which a level
+    differs from its nearest training level, the cell-kind mix, and solvability. Sources: unseen
+    levels of the training structures (the reference for "in distribution"), held-out structures,
+    DR's random-block levels, and the generated levels in each DRED student's final buffer."""
+    from grp_workbench.envs.levels import LAVA, MOSS, WALL, is_solvable, load_levels
+    from grp_workbench.rl.ued.ppo import LEVEL_SETS, random_blocks_level
+
+    train_levels = load_levels(LEVEL_SETS / "train.npz")
+    train_grids = np.stack([level.grid for level in train_levels]).reshape(len(train_levels), -1)
+    rng = np.random.default_rng(0)
+    sources = {"test.npz (same structures)": load_levels(LEVEL_SETS / "test.npz"),
+               "held_out.npz (other structures)": load_levels(LEVEL_SETS / "held_out.npz"),
+               f"DR ({dr_blocks} random blocks)": [random_blocks_level(rng, 13, dr_blocks) for _ in range(512)]}
+    for seed, run in sorted(dred_runs.items()):
+        entries = run.last_algorithm_state("DRED buffer", "run the benchmark")["sampler"]["entries"]
+        sources[f"DRED generated, buffer of seed {seed}"] = [e.level for e in entries if not e.from_dataset]
+    lines = ["| levels | n | cells differing from the nearest training level | wall | lava | moss | solvable |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, levels in sources.items():
+        if not levels:
+            continue
+        grids = np.stack([level.grid for level in levels]).reshape(len(levels), -1)
+        nearest = np.array([(grid[None] != train_grids).mean(1).min() for grid in grids])
+        kinds = [float((grids == kind).mean()) for kind in (WALL, LAVA, MOSS)]
+        solvable = np.mean([is_solvable(level) for level in levels])
+        lines.append(f"| {name} | {len(levels)} | {nearest.mean():.3f} (median {np.median(nearest):.3f}) | "
+                     + " | ".join(f"{k:.3f}" for k in kinds) + f" | {solvable:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _solved_curves_figure(runs: dict[tuple[str, int], RunDir], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, name in zip(axes, LEVEL_SETS_EVALUATED):
+        for method in UED_METHODS:
+            curves = [c for c in (run.read_metrics("eval") for (m, _), run in runs.items() if m == method) if c]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            steps = [row["step"] for row in curves[0][:length]]
+            values = np.array([[row[f"{name}/solved_rate"] for row in c[:length]] for c in curves])
+            ax.plot(steps, values.mean(0), marker=".", label=f"{method} (n={len(curves)})")
+        ax.set(title=name, xlabel="environment steps", ylabel="solved rate (zero-shot)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _level_notes(options: BenchOptions) -> str:
+    budget = LEVEL_BUDGETS[options.budget]
+    config = _level_cells(options)[0].config
+    updates = config.total_steps // (config.num_envs * config.num_steps)
+    return (f"CaveEscape 13x13, 512 training levels of 4 WFC structures (envs/level_sets), PPO (rl/ued/ppo.py, "
+            f"preset `{budget['preset']}` with {budget['student'] or 'no changes'}, feed-forward core), "
+            f"{config.total_steps} environment steps per run ({updates} student updates of {config.num_envs} envs x "
+            f"{config.num_steps} steps), zero-shot evaluation on {config.eval_limit or 'all'} levels of each set, "
+            "one episode each. The level VAE DRED reads is trained first (`level-vae` under the run root); "
+            "its accuracies and how close each level source is to the training levels: levels.md.")
+
+
+def _level_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    from grp_workbench.harness.bench import is_done
+
+    out = LEVEL_GENERATION.out_dir(options)
+    root = LEVEL_GENERATION.run_root(options)
+    runs = {(c.method, c.seed): RunDir(root / c.run) for c in cells if is_done(LEVEL_GENERATION, options, c)}
+    if runs:
+        _solved_curves_figure(runs, out / "curves.png")
+    dred = {seed: run for (method, seed), run in runs.items() if method == "dred"}
+    vae = RunDir(root / "level-vae")
+    if dred and len(dred) == sum(c.method == "dred" for c in cells) and vae.is_finished():
+        final = vae.summary["final"]
+        atomic_write_text(out / "levels.md", "# Levels of the level_generation benchmark\n\n" + (
+            f"Level VAE ({vae.summary['step']} steps): cell accuracy train {final['train/cell_accuracy']:.3f}, "
+            f"test {final.get('test/cell_accuracy', float('nan')):.3f}; decoded prior samples solvable "
+            f"{final['prior_samples/solvable']:.2f}.\n\nHow close each level source is to the 512 training levels:"
+            "\n\n" + level_closeness(dred)))
+    parts = [figure_link(out / "curves.png", "solved rate during training", out),
+             figure_link(out / "levels.png", "training levels beside DRED's generated levels", out)]
+    if (out / "levels.md").is_file():  # kept from the run that measured it when the runs are elsewhere
+        parts.append((out / "levels.md").read_text().split("\n", 2)[2])
+    return "\n".join(p for p in parts if p)
+
+
+def _iqm(records: list[dict], method: str, task: str, metric: str) -> float | None:
+    values = [r["metrics"][metric] for r in records if (r["method"], r["task"]) == (method, task)]
+    return summarize(values)["iqm"] if values else None
+
+
+def _dred_claim(records: list[dict]) -> str:
+    """DRED's abstract: significant zero-shot improvements over adaptive level sampling (PLR) and UED."""
+    parts, verdicts = [], []
+    for task in ("cave_escape-in_dist", "cave_escape-held_out_structures"):
+        scores = {m: _iqm(records, m, task, "solved_rate") for m in UED_METHODS}
+        if scores["dred"] is None or any(v is None for v in scores.values()):
+            return ("DRED > PLR, uniform and DR in zero-shot transfer (paper): not every method has finished "
+                    f"{task} yet.")
+        best_other = max((m for m in UED_METHODS if m != "dred"), key=lambda m: scores[m])
+        verdicts.append(scores["dred"] > scores[best_other])
+        parts.append(f"{task.removeprefix('cave_escape-')}: DRED {scores['dred']:.3f} vs best other {best_other} "
+                     f"{scores[best_other]:.3f}")
+    verdict = "agrees" if all(verdicts) else "does not agree" if not any(verdicts) else "agrees on one set only"
+    return (f"DRED > PLR, uniform and DR in zero-shot transfer (paper): the measured direction {verdict} "
+            f"(solved-rate IQM; {'; '.join(parts)}). Seeds and budget are far below the paper's; see the CIs.")
+
+
+LEVEL_GENERATION = Suite(
+    name="level_generation",
+    title="DRED (data-regularised environment design) against DR, uniform and PLR: zero-shot CaveEscape",
+    grid=_level_cells, record=_level_record, headline="solved_rate", notes=_level_notes,
+    claims=(_dred_claim,), extra_markdown=_level_extra, prepare=_prepare_level_generation,
+    budgets=("cpu", "paper", "tiny"),
+)
+
+
+# ---- procgen_plr: PLR's level sampling on Procgen maze ------------------------------------------------
+PROCGEN_PRESET = {"cpu": "quick", "paper": "paper"}
+
+
+def _procgen_cells(options: BenchOptions) -> list[Cell]:
+    from grp_workbench.rl.ued.procgen_ppo import SAMPLERS
+    from grp_workbench.rl.ued.procgen_ppo import SPECS as PROCGEN_SPECS
+
+    preset = PROCGEN_PRESET[options.budget]
+    cells = []
+    for seed in options.seeds or (0,):
+        for sampler in SAMPLERS:
+            spec = PROCGEN_SPECS[f"procgen-{sampler}"]
+            config = build_config(spec.config_cls, spec.presets, preset, {"seed": str(seed), "env_name": "maze",
+                                                                          "device": options.device})
+            task = f"procgen-{config.env_name}"
+            cells.append(Cell(sampler, f"{task}-train_levels", seed, spec, config, f"{sampler}/seed{seed}",
+                              preset=preset, outputs=tuple((sampler, f"{task}-{split}_levels", seed)
+                                                           for split in ("train", "test"))))
+    return cells
+
+
+def _procgen_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[tuple, dict[str, float]]:
+    final = summary["final"]
+    return {key: {"return": final[f"{split}/return"], "solved_rate": final[f"{split}/solved_rate"]}
+            for key, split in zip(cell.outputs, ("train", "test"))}
+
+
+def _procgen_notes(options: BenchOptions) -> str:
+    config = _procgen_cells(options)[0].config
+    return (f"Procgen {config.env_name} ({config.distribution_mode}) through workbench/Procgen-v0, PPO with the "
+            f"IMPALA ResNet (rl/ued/procgen_ppo.py), preset '{PROCGEN_PRESET[options.budget]}': "
+            f"{config.num_train_levels} training levels, {config.num_envs} envs x {config.num_steps} steps per "
+            f"update, {config.total_steps} environment steps per run; evaluation: one episode on each of "
+            f"{config.eval_levels} levels (training levels 0.., and unseen levels from {config.test_start_level}). "
+            "At the cpu budget this shows PLR's level sampling, not its generalization gain (PLR: 25M steps, the "
+            "paper budget). Procgen needs `make procgen` (Python <= 3.10 wheels).")
+
+
+def _sampling_figure(runs: dict[tuple[str, int], RunDir], path: Path) -> None:
+    """Left: episodes per training level (levels ordered by PLR's final score); right: PLR's replay
+    distribution entropy during training against uniform's log N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    order = None
+    for (sampler, seed), run in sorted(runs.items()):
+        state = run.last_algorithm_state("student", "run the benchmark")
+        if sampler == "plr" and order is None:
+            order = np.argsort(-np.where(state["sampler"]["seen"], state["sampler"]["scores"], -np.inf))
+        plays = state["plays"] if order is None else state["plays"][order]
+        left.bar(np.arange(len(plays)) + (0.4 if sampler == "uniform" else 0.0), plays, width=0.4,
+                 label=f"{sampler} seed {seed}")
+        rows = [row for row in run.read_metrics("train") if "sampler_entropy" in row]
+        if rows:
+            right.plot([r["step"] for r in rows], [r["sampler_entropy"] for r in rows], label=f"{sampler} seed {seed}")
+            right.axhline(np.log(len(plays)), color="gray", linestyle=":", label="uniform (log N)")
+    left.set(xlabel="training level (by PLR's final value_l1 score, highest first)", ylabel="episodes started")
+    right.set(xlabel="environment steps", ylabel="entropy of PLR's replay distribution (nats)")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _procgen_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    from grp_workbench.harness.bench import is_done
+
+    out = PROCGEN_PLR.out_dir(options)
+    runs = {(c.method, c.seed): RunDir(PROCGEN_PLR.run_root(options) / c.run)
+            for c in cells if is_done(PROCGEN_PLR, options, c)}
+    if runs:
+        _sampling_figure(runs, out / "sampling.png")
+    return figure_link(out / "sampling.png", "episodes per level and PLR's replay entropy", out)
+
+
+def _plr_claim(records: list[dict]) -> str:
+    plr, uniform = (_iqm(records, m, "procgen-maze-test_levels", "return") for m in ("plr", "uniform"))
+    if plr is None or uniform is None:
+        return "PLR > uniform level sampling in test return (paper, 25M steps): not measured yet."
+    return (f"PLR > uniform level sampling in test return (paper, 25M steps): measured PLR {plr:.2f} vs uniform "
+            f"{uniform:.2f} on unseen maze levels ({'same direction' if plr > uniform else 'opposite direction'}); "
+            "at the cpu budget (32k steps, 1 seed) this is not a test of the claim.")
+
+
+PROCGEN_PLR = Suite(
+    name="procgen_plr",
+    title="PLR (prioritized level replay) on Procgen maze: its replay distribution and transfer",
+    grid=_procgen_cells, record=_procgen_record, headline="return", notes=_procgen_notes,
+    claims=(_plr_claim,), extra_markdown=_procgen_extra,
+)
+
+
+# ---- offline_rl_speed: update speed of ours beside d3rlpy, side by side in one process ----------------
+SPEED_TASK = "hopper-medium"
+SPEED_UPDATES = {"cpu": 300, "paper": 2000}  # per contender and round; a GPU run uses the larger count
+SPEED_BATCHED_SEEDS = 5
+# d3rlpy 2.8 pins gymnasium 1.0, ours needs a newer one: install it without its pins
+D3RLPY_INSTALL = "pip install --no-deps d3rlpy==2.8.1 gym==0.26.2 gym-notices structlog dataclasses-json"
+
+
+def _speed_device(options: BenchOptions) -> str:
+    import torch
+
+    if options.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return options.device
+
+
+def _speed_folder(options: BenchOptions) -> str:
+    """offline_rl_speed_cpu, or offline_rl_speed_<GPU model> (h100, h200, a100, ...)."""
+    import re
+
+    import torch
+
+    device = _speed_device(options)
+    kind = "cpu"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        found = re.search(r"\b([A-Z]+\d+)\b", torch.cuda.get_device_name(torch.device(device)))
+        kind = found.group(1).lower() if found else "cuda"
+    return f"offline_rl_speed_{kind}"
+
+
+def _speed_cells(options: BenchOptions) -> list[Cell]:
+    contenders = ["td3bc", "a2pr", f"td3bc-{SPEED_BATCHED_SEEDS}seeds", "d3rlpy-td3bc"]
+    params = {"task": SPEED_TASK, "updates": SPEED_UPDATES[options.budget], "batched_seeds": SPEED_BATCHED_SEEDS,
+              "device": _speed_device(options), "contenders": contenders}
+    return [Cell("td3bc", SPEED_TASK, 0, None, params, "speed", measure=_measure_speed,
+                 outputs=tuple((name, SPEED_TASK, 0) for name in contenders))]
+
+
+def _measure_speed(cell: Cell, folder: Path) -> dict[tuple, dict[str, float]]:
+    """updates/s of ours (TD3+BC, A2PR; one seed, and several batched) and d3rlpy's TD3PlusBC,
+    alternating, two rounds each after a warm-up, on the same data, device, batch size and threads."""
+    import time
+
+    import torch
+
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.rl.offline.datasets import load_dataset
+
+    params = cell.config
+    data = load_dataset(params["task"])
+    policy = make_policy(params["device"], "fp32")
+
+    def synchronize() -> None:  # CUDA kernels run asynchronously: time until they have finished
+        if policy.device.type == "cuda":
+            torch.cuda.synchronize(policy.device)
+
+    def ours(spec, n_seeds: int):
+        config = build_config(spec.config_cls, spec.presets, "paper", {"dataset": params["task"],
+                                                                        "n_seeds": str(n_seeds)})
+        algorithm = spec.build(config, policy)
+
+        def run(n: int) -> float:
+            synchronize()
+            start = time.perf_counter()
+            for _ in range(n):
+                algorithm.update()
+            synchronize()
+            return n / (time.perf_counter() - start)
+
+        return run
+
+    contenders = {"td3bc": ours(TD3BC, 1), "a2pr": ours(A2PR, 1),
+                  f"td3bc-{params['batched_seeds']}seeds": ours(TD3BC, params["batched_seeds"])}
+    if "d3rlpy-td3bc" in params["contenders"]:
+        try:
+            import d3rlpy
+        except ImportError as err:
+            raise HarnessError(f"offline_rl_speed times d3rlpy beside ours, and d3rlpy is not installed ({err}). "
+                               f"Install it beside ours: {D3RLPY_INSTALL}") from err
+        from d3rlpy.algos import TD3PlusBCConfig
+        from d3rlpy.dataset import MDPDataset
+
+        timeouts = np.zeros(len(data), dtype=np.float32)
+        timeouts[-1] = 1.0  # d3rlpy needs an episode end; transitions are sampled uniformly either way
+        dataset = MDPDataset(data.observations, data.actions, data.rewards, data.dones, timeouts=timeouts)
+        d3 = TD3PlusBCConfig(batch_size=256, observation_scaler=d3rlpy.preprocessing.StandardObservationScaler()
+                             ).create(device=f"{policy.device.type}:{policy.device.index or 0}")
+        d3.build_with_dataset(dataset)
+
+        def run_d3(n: int) -> float:
+            synchronize()
+            start = time.perf_counter()
+            d3.fit(dataset, n_steps=n, n_steps_per_epoch=n, show_progress=False, save_interval=10**9,
+                   logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+            synchronize()
+            return n / (time.perf_counter() - start)
+
+        contenders["d3rlpy-td3bc"] = run_d3
+    for run in contenders.values():
+        run(20)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(2):
+        for name, run in contenders.items():
+            rates[name].append(run(params["updates"]))
+    return {(name, params["task"], 0): {"updates_per_s": float(np.mean(r))} for name, r in rates.items()}
+
+
+def _speed_notes(options: BenchOptions) -> str:
+    params = _speed_cells(options)[0].config
+    return (f"Update speed on the {params['task']} dataset, one process, the folder's device: "
+            f"{params['updates']} updates per contender (budget `{options.budget}`), 2 interleaved rounds after a "
+            "warm-up, batch 256, fp32, the process's torch threads; a speed claim is a ratio of two rows of one "
+            f"run. d3rlpy: `{D3RLPY_INSTALL}`.")
+
+
+def _rate(records: list[dict], method: str) -> float | None:
+    values = [r["metrics"]["updates_per_s"] for r in records if r["method"] == method]
+    return values[0] if values else None
+
+
+def _speed_vs_d3rlpy(records: list[dict]) -> str:
+    ours, theirs = _rate(records, "td3bc"), _rate(records, "d3rlpy-td3bc")
+    if ours is None or theirs is None:
+        return "TD3+BC ours / d3rlpy's TD3PlusBC: no d3rlpy row in this run."
+    return (f"TD3+BC ours / d3rlpy's TD3PlusBC, updates/s: {ours:.0f} / {theirs:.0f} = {ours / theirs:.2f}x "
+            f"({'faster' if ours > theirs else 'slower'}).")
+
+
+def _speed_batched(records: list[dict]) -> str:
+    one = _rate(records, "td3bc")
+    batched = [r for r in records if r["method"].startswith("td3bc-") and r["method"].endswith("seeds")]
+    if one is None or not batched:
+        return "Batched seeds: not measured."
+    n = batched[0]["method"].removeprefix("td3bc-").removesuffix("seeds")
+    return (f"{n} batched TD3+BC seeds take {one / batched[0]['metrics']['updates_per_s']:.2f}x the time of one "
+            f"({n}x would be no gain over separate runs); A2PR runs at "
+            f"{(_rate(records, 'a2pr') or float('nan')) / one:.2f}x TD3+BC's update rate.")
+
+
+OFFLINE_RL_SPEED = Suite(
+    name="offline_rl_speed",
+    title="Offline RL update speed: our TD3+BC and A2PR beside d3rlpy's TD3PlusBC (one process, one device)",
+    grid=_speed_cells, record=None, headline="updates_per_s", notes=_speed_notes,
+    claims=(_speed_vs_d3rlpy, _speed_batched), folder=_speed_folder,
 )

@@ -148,16 +148,45 @@ def test_cli_lists_suites_and_dry_runs_a_grid(tmp_path):
     assert bad.returncode == 2 and "unknown task(s) cifar; choose from mnist-holdout2k" in bad.stderr
 
 
-@pytest.mark.parametrize("suite_name", ["mnist_classifier", "offline_rl", "robust_recsys"])
-def test_a_ported_suite_declares_exactly_the_committed_grid(suite_name):
-    """The runner's grid names the same (method, task, seed) cells as the committed records, so the
-    committed runs resume under it and its results replace theirs cell for cell."""
+def _committed_folders() -> list[tuple[str, str]]:
+    """(suite, results folder) of every committed results.json."""
+    folders = []
+    for path in sorted((REPO / "benchmarks").glob("*/results.json")):
+        folders.append((json.loads(path.read_text())["suite"], path.parent.name))
+    return folders
+
+
+def test_every_committed_benchmark_is_a_suite_of_the_runner():
+    from grp_workbench.harness.bench import suite_names
+
+    assert {suite for suite, _ in _committed_folders()} <= set(suite_names())
+    assert not list((REPO / "scripts").glob("bench_*.py"))  # the former per-suite scripts are gone
+
+
+@pytest.mark.parametrize("suite_name,folder", _committed_folders())
+def test_a_suite_declares_exactly_its_committed_grid_and_regenerates_its_records(suite_name, folder, tmp_path):
+    """The runner's grid names the same (method, task, seed) records as the committed results, and
+    rewriting the results with none of the runs on this machine (every record carried over from the
+    committed results.json) gives the same records: porting a suite changed no number."""
+    from grp_workbench.harness.bench import write_suite_results
+
     suite = load_suite(suite_name)
-    committed = json.loads((REPO / "benchmarks" / suite_name / "results.json").read_text())
-    declared = [(c.method, c.task, seed) for c in suite.cells(BenchOptions()) for seed in c.members or (c.seed,)]
+    committed = json.loads((REPO / "benchmarks" / folder / "results.json").read_text())
+    declared = [key for cell in suite.cells(BenchOptions()) for key in cell.keys()]
     assert set(declared) == {(r["method"], r["task"], r["seed"]) for r in committed["records"]}
     assert len(declared) == len(set(declared)) == len(committed["records"])
-    assert {cell.task for cell in suite.cells(BenchOptions(budget="paper"))}  # the paper budget builds too
+    assert suite.cells(BenchOptions(budget="paper"))  # the paper budget builds too
+    out = tmp_path / folder
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(committed))
+    options = BenchOptions(runs=str(tmp_path / "no-runs"), out=str(out))
+    write_suite_results(suite, options, f"workbench bench {suite_name}")
+    again = json.loads((out / "results.json").read_text())
+    key = lambda record: (record["method"], record["task"], record["seed"])  # noqa: E731
+    assert sorted(again["records"], key=key) == sorted(committed["records"], key=key)
+    assert again["machine"] == committed["machine"]  # measured there, not on the machine that rewrote it
+    readme = (out / "README.md").read_text()
+    assert "Status: complete." in readme and "carried over from the previous results.json" in readme
 
 
 def test_a_batched_seed_cell_makes_one_record_per_member(tmp_path):
@@ -225,3 +254,74 @@ def test_rewriting_results_keeps_the_records_of_cells_run_elsewhere(tmp_path):
     readme = (Path(options.out) / "README.md").read_text()
     assert "Status: complete." in readme
     assert "1 of the 8 cells are carried over from the previous results.json" in readme
+
+
+def _measure_toy(cell, folder):
+    """A measured cell: two 'implementations' timed side by side make one record each."""
+    (folder / "measured.txt").write_text(str(cell.config))
+    return {key: {"value": cell.config["scale"] * (1 + index) + cell.seed} for index, key in enumerate(cell.outputs)}
+
+
+PREPARED = []
+
+
+def _measured_grid(options):
+    scale = 2 if options.budget == "paper" else 1
+    return [Cell("ours", task, seed, None, {"scale": scale, "task": task}, f"{task}/seed{seed}", measure=_measure_toy,
+                 outputs=(("ours", task, seed), ("theirs", task, seed)))
+            for task in ("small", "large") for seed in (0, 1)]
+
+
+MEASURED_SUITE = Suite(name="measured", title="Toy timing", grid=_measured_grid, record=None, headline="value",
+                       prepare=lambda options, cells: PREPARED.append(len(cells)))
+
+
+def test_measured_cells_record_once_per_parameters_under_every_executor(tmp_path):
+    ref = "tests.test_bench:MEASURED_SUITE"
+    local = _options(tmp_path, "local")
+    PREPARED.clear()
+    after = run_suite(ref, local)
+    assert len(after.done) == 4 and PREPARED == [4]  # the prepare step ran once, for the cells to run
+    results = json.loads((Path(local.out) / "results.json").read_text())
+    assert len(results["records"]) == 8 and {r["method"] for r in results["records"]} == {"ours", "theirs"}
+    assert "| ours |" in (Path(local.out) / "README.md").read_text()
+    run_suite(ref, local)
+    assert PREPARED == [4]  # nothing left to run: no prepare, no measurement
+    workers = _options(tmp_path, "workers")
+    run_suite(ref, workers, executor="workers", workers=2)
+    strip = lambda options: sorted((r["method"], r["task"], r["seed"], r["metrics"]["value"])  # noqa: E731
+                                   for r in json.loads((Path(options.out) / "results.json").read_text())["records"])
+    assert strip(local) == strip(workers)
+    # a lost record: that cell alone is to run, its cost estimated from the others' measured time
+    from grp_workbench.harness.bench import estimated_seconds
+
+    (Path(local.runs) / "small" / "seed0" / "record.json").unlink()
+    todo = plan(MEASURED_SUITE, local)
+    assert len(todo.todo) == 1 and estimated_seconds(MEASURED_SUITE, local, todo.cells[todo.todo[0]], todo.done) >= 0
+    run_suite(ref, local)
+    # other parameters (another budget, same folders): every cell is measured again
+    assert len(plan(MEASURED_SUITE, replace(local, budget="paper")).todo) == 4
+    # a measurement that fails leaves no record: the cell stays to run
+    broken = replace(MEASURED_SUITE.cells(local)[0], measure=lambda cell, folder: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run_cell(MEASURED_SUITE, _options(tmp_path, "broken"), broken)
+    assert not (Path(tmp_path / "broken" / "runs") / broken.run / "record.json").exists()
+
+
+@pytest.mark.parametrize("suite_name,options,records", [
+    # measured cells: priors and classifier trained, a Flower simulation captured, then each attack per update
+    ("gradient_inversion", {"tasks": ("bs1-untrained-indist-none",)}, 4),
+    # a prepared level VAE, then four students each evaluated on two level sets
+    ("level_generation", {"seeds": (0,)}, 8),
+])
+def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, records, tmp_path):
+    ref_options = _options(tmp_path, suite_name, budget="tiny", **options)
+    import_path = os.environ.get("PYTHONPATH")
+    after = run_suite(suite_name, ref_options)
+    assert not after.todo
+    assert os.environ.get("PYTHONPATH") == import_path  # a Flower simulation gives the benchmark its own back
+    results = json.loads((Path(ref_options.out) / "results.json").read_text())
+    assert len(results["records"]) == records
+    readme = (Path(ref_options.out) / "README.md").read_text()
+    assert "Status: PARTIAL" in readme or "Status: complete" in readme
+    assert "Claims of the paper and the direction measured here" in readme

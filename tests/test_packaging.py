@@ -40,6 +40,8 @@ print(json.dumps({
 
 
 def _run(command, **kwargs):
+    # never the test process's import path: the checkout must not leak into the fresh venv
+    kwargs.setdefault("env", {key: value for key, value in os.environ.items() if key != "PYTHONPATH"})
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result
