@@ -211,6 +211,7 @@ def bench(
         estimated_seconds,
         load_suite,
         plan,
+        read_results,
         run_suite,
         suite_names,
         write_combined_report,
@@ -243,7 +244,12 @@ def bench(
             raise typer.Exit(1)
         return
     if report_only:
-        written = write_suite_results(load_suite(suite), options, f"workbench bench {suite} --budget {budget}")
+        # the command that made the records, when it was this runner's (a former script's is not rerunnable)
+        previous = read_results(load_suite(suite), options) or {}
+        command = previous.get("command", "")
+        if not command.startswith(f"workbench bench {suite}"):
+            command = f"workbench bench {suite} --budget {budget}" + (f" --device {device}" if device != "auto" else "")
+        written = write_suite_results(load_suite(suite), options, command)
         typer.echo(f"results: {written}" if written else f"{suite}: no finished cell under "
                    f"{load_suite(suite).run_root(options)}; nothing rewritten")
         return
