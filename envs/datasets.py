@@ -60,6 +60,10 @@ def rollout(env_id: str, policy: Policy, n_steps: int, seed: int) -> dict[str, n
     arrays = {k: np.asarray(v[:n_steps]) for k, v in columns.items()}
     for key in ("observations", "actions", "rewards", "next_observations"):
         arrays[key] = arrays[key].astype(np.float32)
+    # the cut ends an episode as a time limit does: a reader that takes s' from the next row (D4RL's
+    # qlearning_dataset, the official loaders) must not join it to the next rollout's first state
+    if not (arrays["terminals"][-1] or arrays["timeouts"][-1]):
+        arrays["timeouts"][-1] = True
     return arrays
 
 
@@ -199,7 +203,8 @@ def build_from_behaviour(family: str, level: str, n_steps: int, seed: int, path:
 DEFAULT_STEPS = 200_000  # per dataset (D4RL: 1M); a CPU rolls out roughly 1,000 steps/s with a SAC actor
 POINT_REACH_STEPS = 20_000
 # Bump when a builder makes different data from the same inputs: cached builds are then made anew.
-BUILDER_VERSION = 1
+# 2: the last transition of every cut rollout is a timeout (1 left it unflagged).
+BUILDER_VERSION = 2
 
 
 def build_inputs(name: str, seed: int = 0, n_steps: int | None = None) -> dict[str, object]:

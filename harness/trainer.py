@@ -77,7 +77,10 @@ class _Progress:
     best_eval: dict[str, float] = field(default_factory=dict)
     best_step: int = -1
     train_sums: dict[str, float] = field(default_factory=dict)
-    train_count: int = 0
+    train_count: int = 0  # updates since the last log
+    # updates that produced each metric since the last log: a metric an update reports only now and
+    # then (a delayed actor step) is averaged over the updates that reported it, not over all
+    train_counts: dict[str, int] = field(default_factory=dict)
     resumed_from: list[int] = field(default_factory=list)
 
 
@@ -165,15 +168,17 @@ class Trainer:
         p = self.progress
         for key, value in metrics.items():
             p.train_sums[key] = p.train_sums.get(key, 0.0) + float(value)
+            p.train_counts[key] = p.train_counts.get(key, 0) + 1
         p.train_count += 1
 
     def _log_train(self) -> dict[str, str]:
         """Write the mean of each training metric since the last log; returns the first few for the bar."""
         p = self.progress
-        means = {k: v / p.train_count for k, v in p.train_sums.items()} if p.train_count else {}
+        # a checkpoint of an older version has sums without counts: those were made every update
+        means = {k: v / p.train_counts.get(k, p.train_count) for k, v in p.train_sums.items()} if p.train_count else {}
         if means:
             self.run.log(p.step, "train", {**means, "steps_per_s": p.step / max(p.update_seconds, 1e-9)})
-        p.train_sums, p.train_count = {}, 0
+        p.train_sums, p.train_count, p.train_counts = {}, 0, {}
         return {k: f"{v:.4g}" for k, v in list(means.items())[:2]}
 
     def _evaluate(self) -> None:
@@ -270,6 +275,21 @@ class MethodSpec:
     inputs: Callable[[Any], dict[str, Any]] | None = None
     # preset -> what it costs, shown in --help for presets that take more than a few minutes
     preset_costs: dict[str, str] = field(default_factory=dict)
+    # the precisions the method implements (its forward passes autocast or not): with ``auto`` a
+    # method without bf16 trains in fp32; asking for one it lacks is an error, never a silent no-op
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+def device_policy_for(spec: MethodSpec, config: TrainConfig) -> DevicePolicy:
+    """The device and precision a run of ``spec`` uses."""
+    policy = make_policy(config.device, config.precision)
+    if policy.precision in spec.precisions:
+        return policy
+    if config.precision == "auto":
+        return make_policy(config.device, "fp32")
+    raise HarnessError(f"{spec.name} trains in {' / '.join(spec.precisions)} only (its updates do not autocast); "
+                       f"--precision {config.precision} would be recorded but not used. Drop it or use "
+                       f"--precision {spec.precisions[0]}.")
 
 
 IF_EXISTS = ("error", "resume", "resume-or-start", "overwrite")
@@ -313,7 +333,7 @@ def train(
         inputs = fingerprint_inputs(spec.inputs(config) if spec.inputs else {})
         if existing.exists() and if_exists != "overwrite":
             _require_same_inputs(existing, inputs)
-        policy = make_policy(config.device, config.precision)
+        policy = device_policy_for(spec, config)
         seed_everything(config.seed, config.deterministic)
         algorithm = spec.build(config, policy)
         header = {

@@ -1,4 +1,4 @@
-"""Reinforcement learning: offline RL (TD3+BC, A2PR) and its datasets; level generation (DR, PLR, DRED)."""
+"""Reinforcement learning: offline RL (TD3+BC, A2PR, BC) and its datasets; level generation (DR, PLR, DRED)."""
 
 from typing import Annotated, Optional
 
@@ -7,6 +7,7 @@ import typer
 from grp_workbench.envs.behaviour import SPEC as BEHAVIOUR
 from grp_workbench.harness.cli import train_command
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
+from grp_workbench.rl.offline.bc import SPEC as BC
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
 from grp_workbench.rl.ued.level_vae import SPEC as LEVEL_VAE
 from grp_workbench.rl.ued.ppo import SPECS as UED_SPECS
@@ -17,7 +18,7 @@ app = typer.Typer(help="Reinforcement learning: offline RL (TD3+BC, A2PR) on D4R
                   no_args_is_help=True, add_completion=False)
 train_app = typer.Typer(help="Train an offline RL method: --dataset NAME|FILE.hdf5|minari:ID|d4rl:NAME.",
                         no_args_is_help=True)
-for spec in (TD3BC, A2PR):
+for spec in (TD3BC, A2PR, BC):
     train_app.command(spec.name)(train_command(spec))
 for spec in (*UED_SPECS.values(), LEVEL_VAE):  # CaveEscape students (--set levels=train.npz) and DRED's VAE
     train_app.command(spec.name)(train_command(spec))

@@ -10,6 +10,7 @@ from grp_workbench.harness.trainer import train
 from grp_workbench.rl import RLError
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR_SPEC
 from grp_workbench.rl.offline.a2pr import A2PRConfig, advantage_guided_target
+from grp_workbench.rl.offline.bc import SPEC as BC_SPEC
 from grp_workbench.rl.offline.datasets import (
     D4RL_REFERENCE_RETURNS,
     d4rl_normalized_score,
@@ -146,12 +147,12 @@ def test_a2pr_takes_official_per_task_hyperparameters_unless_set():
 
 
 # ---- learning ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec", [TD3BC_SPEC, A2PR_SPEC], ids=["td3bc", "a2pr"])
+@pytest.mark.parametrize("spec", [TD3BC_SPEC, A2PR_SPEC, BC_SPEC], ids=["td3bc", "a2pr", "bc"])
 def test_offline_methods_improve_their_return_on_a_tiny_problem(tmp_path, spec):
     build("pointreach-medium", n_steps=5000)
     overrides = {**SMALL, "dataset": "pointreach-medium", "total_steps": 300, "eval_every": 300,
                  "checkpoint_every": 300}
-    if spec is TD3BC_SPEC:
+    if spec is not A2PR_SPEC:
         overrides.pop("vae_hidden")
     else:  # A2PR's official depths (3-4 hidden layers) are slow to fit here; the update is the same
         overrides |= {"actor_layers": 2, "critic_layers": 2, "value_layers": 2, "total_steps": 200,
@@ -260,3 +261,98 @@ def test_policy_drift_shrinks_as_the_policy_clones_the_data(tmp_path):
     after = algorithm.policy_drift(n_states=512)
     assert (after["action_mse"] < 0.25 * before["action_mse"]).all(), (before, after)
     assert np.array_equal(algorithm.policy_drift(n_states=512)["action_mse"], after["action_mse"])  # same states
+
+
+# ---- defects of the independent check (issue 24) ---------------------------------------------------
+def test_d4rl_download_names_are_recognised(tmp_path):
+    from grp_workbench.rl.offline.datasets import d4rl_task_name, task_family
+
+    assert [task_family(n) for n in ("hopper_medium-v2", "walker2d_medium_replay-v2", "halfcheetah-medium-v2",
+                                     "Hopper-v5", "mujoco/hopper/medium-v0", "pointreach-medium")] == \
+        ["hopper", "walker2d", "halfcheetah", "hopper", "hopper", "pointreach"]
+    assert d4rl_task_name("hopper_medium_replay-v2") == "hopper-medium-replay"
+    # a D4RL file under its download name, without this project's attributes: Hopper, D4RL's references
+    rng = np.random.default_rng(0)
+    arrays = {"observations": rng.normal(size=(8, 11)).astype(np.float32),
+              "actions": rng.uniform(-1, 1, size=(8, 3)).astype(np.float32),
+              "rewards": np.ones(8, np.float32), "terminals": np.zeros(8, bool), "timeouts": np.zeros(8, bool)}
+    path = tmp_path / "hopper_medium-v2.hdf5"
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f[key] = value
+    data = read_d4rl_hdf5(path)
+    assert (data.env_id, data.score_source) == ("Hopper-v5", "d4rl")
+    assert (data.ref_min_return, data.ref_max_return) == D4RL_REFERENCE_RETURNS["hopper"]
+    hopper = A2PRConfig(dataset=str(path))  # the official hopper values, not the code's defaults
+    assert (hopper.mask, hopper.discount) == (0.4, 0.995)
+
+
+def test_a2pr_on_an_unknown_family_is_an_explicit_choice():
+    with pytest.raises(RLError, match="per task family .*'antmaze-umaze.hdf5' is none of them.*hyperparameters=hopper"):
+        A2PRConfig(dataset="antmaze-umaze.hdf5")
+    assert A2PRConfig(dataset="antmaze-umaze.hdf5", hyperparameters="walker2d").vae_weight == 1.5
+    assert A2PRConfig(dataset="antmaze-umaze.hdf5", hyperparameters="code-defaults").mask == 0.5
+    chosen = A2PRConfig(dataset="antmaze-umaze.hdf5", alpha=1.0, mask=0.3, vae_weight=1.0, discount=0.99)
+    assert chosen.mask == 0.3
+    with pytest.raises(RLError, match="hyperparameters='ant' is not one of"):
+        A2PRConfig(dataset="x.hdf5", hyperparameters="ant")
+
+
+def test_a_built_dataset_marks_every_cut_as_a_timeout(tmp_path):
+    from grp_workbench.envs.datasets import rollout
+    from grp_workbench.envs.point_reach import expert_action
+
+    def policy(observation, rng):
+        return expert_action(observation)
+
+    arrays = rollout("workbench/PointReach-v0", policy, 37, seed=0)  # cut inside an episode
+    ends = arrays["terminals"].astype(bool) | arrays["timeouts"].astype(bool)
+    assert ends[-1] and arrays["timeouts"][-1]
+    # nowhere may the next row's state differ from s' without an episode end (what D4RL's loaders read)
+    seams = np.flatnonzero((arrays["observations"][1:] != arrays["next_observations"][:-1]).any(1))
+    assert ends[seams].all()
+
+
+def test_offline_methods_refuse_a_precision_they_do_not_use(tmp_path):
+    from grp_workbench.harness.errors import HarnessError
+    from grp_workbench.harness.trainer import device_policy_for
+
+    build("pointreach-medium", n_steps=2000)
+    config = build_config(TD3BC_SPEC.config_cls, TD3BC_SPEC.presets, "tiny",
+                          {"dataset": "pointreach-medium", "precision": "bf16"})
+    with pytest.raises(HarnessError, match="td3bc trains in fp32 only.*--precision bf16"):
+        train(TD3BC_SPEC, config, tmp_path / "run", "tiny", quiet=True)
+    config.precision = "auto"  # auto means what the method implements
+    assert device_policy_for(TD3BC_SPEC, config).precision == "fp32"
+
+
+def test_each_batched_member_is_evaluated_on_its_own_start_states():
+    build("pointreach-medium", n_steps=2000)
+    config = build_config(TD3BC_SPEC.config_cls, TD3BC_SPEC.presets, "tiny", {
+        "dataset": "pointreach-medium", "n_seeds": 3, "seed": 4, "eval_episodes": 2})
+    seeds = TD3BC_SPEC.build(config, make_policy("cpu", "fp32")).evaluation_seeds()
+    alone = build_config(TD3BC_SPEC.config_cls, TD3BC_SPEC.presets, "tiny", {
+        "dataset": "pointreach-medium", "seed": 5, "eval_episodes": 2})
+    assert seeds[2:4] == TD3BC_SPEC.build(alone, make_policy("cpu", "fp32")).evaluation_seeds()  # member seed 5
+    assert seeds[0:2] != seeds[2:4] != seeds[4:6]  # not the first member's start states for all
+
+
+def test_actor_step_metrics_average_over_the_updates_that_made_them(tmp_path):
+    """A metric an update reports every second time (TD3's delayed actor step) is logged as the mean
+    of the updates that reported it, not halved by the ones that did not."""
+    from dataclasses import replace as changed
+
+    from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression, metric_rows
+
+    class DelayedActor(ToyRegression):
+        updates = 0
+
+        def update(self):
+            self.updates += 1
+            return super().update() | ({"actor_metric": 1.0} if self.updates % 2 == 0 else {})
+
+    spec = changed(TOY_SPEC, build=DelayedActor)
+    config = build_config(ToyConfig, TOY_PRESETS, "paper", {"total_steps": "20", "log_every": "10"})
+    train(spec, config, tmp_path / "run", "paper", quiet=True)
+    rows = [row for row in metric_rows(tmp_path / "run") if "actor_metric" in row]
+    assert [row["actor_metric"] for row in rows] == [1.0, 1.0]

@@ -19,7 +19,11 @@ that (not the official behaviour).
 
 Networks as the official code: actor 3 × 256, critics and V 4 × 256, VAE 750-750 with a latent of
 twice the action size. alpha / mask / vae_weight / discount left unset take the official README's
-value for the task's family (hopper, halfcheetah, walker2d), else the official code's defaults.
+values for the task's family (hopper, halfcheetah, walker2d; D4RL's download names such as
+``hopper_medium-v2.hdf5`` are recognised). ``pointreach`` (this project's test task, not in the
+paper) takes the official code's defaults (``utils/config.py``), said in this table, not by
+omission. Any other dataset is an explicit choice: ``hyperparameters=<family>`` or
+``hyperparameters=code-defaults``, or all four values set; otherwise the config stops with an error.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
+from grp_workbench.rl import RLError
 from grp_workbench.rl.common.networks import frozen_forward, vectorized_mlp
 from grp_workbench.rl.offline.common import OfflineConfig, offline_inputs, task_name
 from grp_workbench.rl.offline.datasets import task_family
@@ -43,7 +48,10 @@ OFFICIAL_TASK_HYPERPARAMETERS = {
     "halfcheetah": {"alpha": 40.0, "vae_weight": 1.0, "mask": 1.0, "discount": 0.99},
     "hopper": {"alpha": 2.5, "vae_weight": 1.0, "mask": 0.4, "discount": 0.995},
     "walker2d": {"alpha": 2.5, "vae_weight": 1.5, "mask": 1.0, "discount": 0.99},
+    "pointreach": OFFICIAL_DEFAULTS,  # not in the paper: the official code's defaults, chosen here
+    "code-defaults": OFFICIAL_DEFAULTS,
 }
+HYPERPARAMETER_KEYS = tuple(OFFICIAL_DEFAULTS)
 
 
 @dataclass
@@ -60,13 +68,26 @@ class A2PRConfig(OfflineConfig):
     mask: float | None = None  # weight of the advantage-guided BC term
     vae_weight: float | None = None  # weight of the VAE reconstruction on positive-advantage dataset actions
     detach_bc_target: bool = False  # official: the VAE target is not detached
+    # where unset alpha / discount / mask / vae_weight come from: auto (the dataset's family), a family
+    # name (hopper, halfcheetah, walker2d, pointreach) or code-defaults (the official utils/config.py)
+    hyperparameters: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        task = OFFICIAL_TASK_HYPERPARAMETERS.get(task_family(self.dataset), {})
-        for key, fallback in OFFICIAL_DEFAULTS.items():
-            if getattr(self, key) is None:
-                setattr(self, key, task.get(key, fallback))
+        source = task_family(self.dataset) if self.hyperparameters == "auto" else self.hyperparameters
+        unset = [key for key in HYPERPARAMETER_KEYS if getattr(self, key) is None]
+        if source not in OFFICIAL_TASK_HYPERPARAMETERS:
+            if self.hyperparameters != "auto":
+                raise RLError(f"hyperparameters={self.hyperparameters!r} is not one of auto, "
+                              f"{', '.join(OFFICIAL_TASK_HYPERPARAMETERS)}.")
+            if unset:
+                raise RLError(f"A2PR's official values of {', '.join(unset)} are per task family (hopper, halfcheetah, "
+                              f"walker2d) and dataset {self.dataset!r} is none of them: choose, e.g. --set "
+                              "hyperparameters=hopper, --set hyperparameters=code-defaults (the official code's "
+                              "defaults), or set " + " ".join(f"{k}=..." for k in unset) + ".")
+            return
+        for key in unset:
+            setattr(self, key, OFFICIAL_TASK_HYPERPARAMETERS[source][key])
 
 
 class VAE(nn.Module):
@@ -178,4 +199,4 @@ def _build(config: A2PRConfig, policy: DevicePolicy) -> A2PR:
 
 
 SPEC = MethodSpec(name="a2pr", config_cls=A2PRConfig, presets=PRESETS, build=_build, task=task_name,
-                 inputs=offline_inputs)
+                 inputs=offline_inputs, precisions=("fp32",))

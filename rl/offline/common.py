@@ -20,7 +20,7 @@ from grp_workbench.envs import make_env
 from grp_workbench.harness.config import TrainConfig
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.rl import RLError
-from grp_workbench.rl.offline.datasets import TransitionDataset, dataset_inputs, load_dataset
+from grp_workbench.rl.offline.datasets import TransitionDataset, d4rl_task_name, dataset_inputs, load_dataset
 
 
 @dataclass
@@ -105,14 +105,21 @@ class OfflineAlgorithm:
     def act(self, observations: torch.Tensor) -> torch.Tensor:  # (members, n, obs) -> (members, n, act)
         raise NotImplementedError
 
+    def evaluation_seeds(self) -> list[int]:
+        """Reset seeds of the evaluation episodes, member by member: member k is seed ``seed + k`` and
+        its episodes start where a lone run of that seed would start them (the official code's
+        ``seed + 100 + i``), not on the first member's start states."""
+        cfg = self.config
+        return [cfg.seed + k + cfg.eval_seed_offset + i
+                for k in range(self.n_members) for i in range(cfg.eval_episodes)]
+
     @torch.no_grad()
     def episode_returns(self) -> np.ndarray:
         """(members, episodes) undiscounted returns of the deterministic policy, all members stepped together."""
         cfg, members = self.config, self.n_members
         n_envs = members * cfg.eval_episodes
         vector_env = gym.vector.SyncVectorEnv([lambda: make_env(self.env_id) for _ in range(n_envs)])
-        seeds = [cfg.seed + cfg.eval_seed_offset + i for i in range(cfg.eval_episodes)] * members
-        observations, _ = vector_env.reset(seed=seeds)
+        observations, _ = vector_env.reset(seed=self.evaluation_seeds())
         returns = np.zeros(n_envs)
         running = np.ones(n_envs, dtype=bool)
         mean, std = self.state_mean, self.state_std
@@ -156,4 +163,4 @@ def task_name(config: OfflineConfig) -> str:
     """Benchmark task label: the dataset name without path or version suffix."""
     name = config.dataset.removeprefix("minari:").removeprefix("d4rl:")
     name = name.rsplit("/", 1)[-1].removesuffix(".hdf5").removesuffix(".h5")
-    return name
+    return d4rl_task_name(name)

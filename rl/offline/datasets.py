@@ -17,6 +17,7 @@ policies on the same Gymnasium environment version, and scores from it are label
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +79,16 @@ class TransitionDataset:
 
 
 def task_family(name: str) -> str:
-    """'hopper-medium-replay-v2' / 'Hopper-v5' / 'mujoco/hopper/medium-v0' -> 'hopper' (or '' if unknown)."""
-    lowered = name.lower().replace("/", "-")
-    return next((family for family in D4RL_REFERENCE_RETURNS if family in lowered.split("-")), "")
+    """'hopper-medium-replay-v2' / 'hopper_medium_replay-v2' (D4RL's download names) / 'Hopper-v5' /
+    'mujoco/hopper/medium-v0' / 'pointreach-medium' -> 'hopper' or 'pointreach' (or '' if unknown)."""
+    words = re.split(r"[-_/.\s]+", name.lower())
+    return next((family for family in (*D4RL_REFERENCE_RETURNS, "pointreach") if family in words), "")
+
+
+def d4rl_task_name(name: str) -> str:
+    """A D4RL file or dataset name as this project names tasks: 'hopper_medium_replay-v2' ->
+    'hopper-medium-replay' (the version and the download name's underscores dropped)."""
+    return re.sub(r"-v\d+$", "", name.replace("_", "-"))
 
 
 def d4rl_normalized_score(task: str, episode_return: float) -> float:

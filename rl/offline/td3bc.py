@@ -159,4 +159,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 SPEC = MethodSpec(name="td3bc", config_cls=OfflineConfig, presets=PRESETS, build=TD3BC, task=task_name,
-                 inputs=offline_inputs)
+                 inputs=offline_inputs, precisions=("fp32",))
