@@ -20,19 +20,25 @@ from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, figure_link
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, figure_link, paper_table
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize
 from grp_workbench.harness.runs import RunDir, atomic_write_text
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
+from grp_workbench.rl.offline.bc import SPEC as BC
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
 
-OFFLINE_SPECS = {"td3bc": TD3BC, "a2pr": A2PR}
-METHOD_COLORS = {"a2pr": "C0", "td3bc": "C1"}
+OFFLINE_SPECS = {"td3bc": TD3BC, "a2pr": A2PR, "bc": BC}  # BC: the control (does either beat cloning?)
+METHOD_COLORS = {"a2pr": "C0", "td3bc": "C1", "bc": "C7"}
 OFFLINE_TASKS = [f"{env}-{level}" for level in ("medium-replay", "medium", "medium-expert")
                  for env in ("hopper", "halfcheetah", "walker2d")]
 OFFLINE_BUDGETS = {"cpu": {"steps": 10_000, "eval_every": 5_000}, "paper": {"steps": 1_000_000, "eval_every": 5_000}}
+# A second table at 10x the cpu budget where the paper claims its largest gains (medium-replay) and
+# where A2PR collapsed at 10k (hopper-medium); its tasks are named <dataset>-<steps>k
+LONG_TASKS = ["hopper-medium-replay", "halfcheetah-medium-replay", "walker2d-medium-replay", "hopper-medium"]
+LONG_BUDGETS = {"cpu": {"steps": 100_000, "eval_every": 10_000}, "paper": {}}
+LASTK = 3  # normalized_score_lastk: the mean of the last k evaluations (CORL reports more than the last one)
 
 
 def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -47,39 +53,61 @@ def _offline_cells(options: BenchOptions) -> list[Cell]:
     seeds = list(options.seeds or (0, 1, 2))
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         raise HarnessError(f"--seeds {','.join(map(str, seeds))}: batched seeds must be consecutive (e.g. 0,1,2).")
-    budget = OFFLINE_BUDGETS[options.budget]
+    grids = [(OFFLINE_TASKS, OFFLINE_BUDGETS[options.budget], "")]
+    if LONG_BUDGETS[options.budget]:
+        long = LONG_BUDGETS[options.budget]
+        grids.append((LONG_TASKS, long, f"-{long['steps'] // 1000}k"))
     cells = []
-    for task in OFFLINE_TASKS:  # medium-replay first: where the paper's gains are largest
-        for method, spec in OFFLINE_SPECS.items():
-            config = build_config(spec.config_cls, spec.presets, "paper", {k: str(v) for k, v in {
-                "dataset": task, "seed": seeds[0], "n_seeds": len(seeds), "total_steps": budget["steps"],
-                "eval_every": budget["eval_every"], "checkpoint_every": budget["eval_every"],
-                "device": options.device}.items()})
-            cells.append(Cell(method, task, seeds[0], spec, config, f"{task}/{method}-seeds{seeds[0]}-{seeds[-1]}",
-                              members=tuple(seeds)))
+    for tasks, budget, suffix in grids:
+        for task in tasks:  # medium-replay first: where the paper's gains are largest
+            for method, spec in OFFLINE_SPECS.items():
+                config = build_config(spec.config_cls, spec.presets, "paper", {k: str(v) for k, v in {
+                    "dataset": task, "seed": seeds[0], "n_seeds": len(seeds), "total_steps": budget["steps"],
+                    "eval_every": budget["eval_every"], "checkpoint_every": budget["eval_every"],
+                    "device": options.device}.items()})
+                cells.append(Cell(method, task + suffix, seeds[0], spec, config,
+                                  f"{task}{suffix}/{method}-seeds{seeds[0]}-{seeds[-1]}", members=tuple(seeds)))
     return cells
 
 
 def _offline_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[int, dict[str, float]]:
     _, scores = member_scores(run, list(cell.members))
-    return {seed: {"normalized_score_last": float(row[-1]), "normalized_score_best": float(row.max())}
+    return {seed: {"normalized_score_last": float(row[-1]), "normalized_score_best": float(row.max()),
+                   "normalized_score_lastk": float(row[-LASTK:].mean())}
             for seed, row in zip(cell.members, scores)}
 
 
 def _offline_notes(options: BenchOptions) -> str:
-    budget = OFFLINE_BUDGETS[options.budget]
+    budget, long = OFFLINE_BUDGETS[options.budget], LONG_BUDGETS[options.budget]
     seeds = options.seeds or (0, 1, 2)
+    second = (f" The second table: {long['steps']} gradient steps on {', '.join(LONG_TASKS)} (tasks named "
+              f"<dataset>-{long['steps'] // 1000}k), evaluation every {long['eval_every']}; its headline is "
+              f"normalized_score_lastk, the mean of the last {LASTK} evaluations.") if long else ""
     return (f"{len(seeds)} seeds (batched), {budget['steps']} gradient steps, evaluation every {budget['eval_every']} "
-            "steps with 10 deterministic episodes; datasets built locally (`workbench rl data build`), normalized "
-            "with their stored local random / expert returns. Behaviour policies and dataset budgets: "
-            "rl/offline/README.md.")
+            "steps with 10 deterministic episodes, each seed on its own start states; BC (plain behaviour cloning, "
+            "rl/offline/bc.py) is the control. Datasets built locally (`workbench rl data build`), normalized with "
+            "their stored local random / expert returns. Behaviour policies and dataset budgets: "
+            f"rl/offline/README.md.{second}")
+
+
+def _offline_tables(records: list[dict[str, Any]]) -> str:
+    """The committed budget (rows = methods, columns = the nine datasets), then the longer budget."""
+    methods = [m for m in OFFLINE_SPECS if any(r["method"] == m for r in records)]
+    parts = [f"{OFFLINE_BUDGETS['cpu']['steps'] // 1000}k gradient steps, `normalized_score_last`:\n\n"
+             + paper_table(records, "normalized_score_last", methods, OFFLINE_TASKS)]
+    long_tasks = [f"{t}-{LONG_BUDGETS['cpu']['steps'] // 1000}k" for t in LONG_TASKS]
+    if any(r["task"] in long_tasks for r in records):
+        parts.append(f"{LONG_BUDGETS['cpu']['steps'] // 1000}k gradient steps, `normalized_score_lastk` (mean of "
+                     f"the last {LASTK} evaluations):\n\n"
+                     + paper_table(records, "normalized_score_lastk", methods, long_tasks))
+    return "\n\n".join(parts)
 
 
 def aggregate_markdown(records: list[dict]) -> str:
     """IQM over all (seed, task) runs of each method, and the probability that A2PR's last score beats
     TD3+BC's over the tasks both finished (rliable's definitions)."""
     by = {(r["method"], r["task"], r["seed"]): r["metrics"]["normalized_score_last"] for r in records
-          if "normalized_score_last" in r["metrics"]}
+          if "normalized_score_last" in r["metrics"] and r["task"] in OFFLINE_TASKS}
     tasks = sorted({t for m, t, _ in by if m == "a2pr" and any(k[0] == "td3bc" and k[1] == t for k in by)})
     seeds = sorted({s for _, _, s in by})
     if not tasks:
@@ -90,7 +118,9 @@ def aggregate_markdown(records: list[dict]) -> str:
     lines = [f"Aggregate over the {len(tasks)} task(s) both methods finished ({', '.join(tasks)}): IQM of the "
              "last normalized score over all runs, 95% stratified-bootstrap CI.", "",
              "| method | runs x tasks | IQM | 95% CI | mean |", "| --- | --- | --- | --- | --- |"]
-    for name, scores in (("a2pr", a), ("td3bc", b)):
+    control = [("bc", np.array([[by[("bc", t, s)] for t in tasks] for s in seeds]))] if all(
+        ("bc", t, s) in by for t in tasks for s in seeds) else []
+    for name, scores in (("a2pr", a), ("td3bc", b), *control):
         stats = summarize(scores)
         lines.append(f"| {name} | {scores.shape[0]} x {scores.shape[1]} | {stats['iqm']:.1f} | "
                      f"[{stats['iqm_ci95'][0]:.1f}, {stats['iqm_ci95'][1]:.1f}] | {stats['mean']:.1f} |")
@@ -133,7 +163,7 @@ def _medium_replay_claim(records: list[dict]) -> str:
     wins, compared = [], 0
     for task in (t for t in OFFLINE_TASKS if t.endswith("medium-replay")):
         scores = {m: [r["metrics"]["normalized_score_last"] for r in records if (r["method"], r["task"]) == (m, task)]
-                  for m in OFFLINE_SPECS}
+                  for m in ("a2pr", "td3bc")}
         if all(scores.values()):
             compared += 1
             iqm = {m: summarize(v)["iqm"] for m, v in scores.items()}
@@ -143,8 +173,45 @@ def _medium_replay_claim(records: list[dict]) -> str:
         return "A2PR >= TD3+BC, largest gains on medium-replay (paper): no medium-replay task finished yet."
     ahead = sum("A2PR ahead" in w for w in wins)
     verdict = "agrees" if ahead == compared else "does not agree" if ahead == 0 else "agrees on some tasks only"
-    return (f"A2PR >= TD3+BC, largest gains on medium-replay (paper): the measured direction {verdict}; last "
-            f"normalized score IQM, A2PR vs TD3+BC: {'; '.join(wins)}.")
+    return (f"A2PR >= TD3+BC, largest gains on medium-replay (paper, 1M steps): at "
+            f"{OFFLINE_BUDGETS['cpu']['steps'] // 1000}k steps the measured direction {verdict} (1% of the paper's "
+            f"budget: early training, not a test of the claim); last normalized score IQM, A2PR vs TD3+BC: "
+            f"{'; '.join(wins)}.")
+
+
+def _beyond_cloning_claim(records: list[dict]) -> str:
+    """Offline RL's premise: TD3+BC and A2PR improve on cloning the data (the BC control)."""
+    rows = []
+    for method in ("td3bc", "a2pr"):
+        ahead, compared = 0, 0
+        for task in OFFLINE_TASKS:
+            scores = {m: [r["metrics"]["normalized_score_last"] for r in records
+                          if (r["method"], r["task"]) == (m, task)] for m in (method, "bc")}
+            if all(scores.values()):
+                compared += 1
+                ahead += summarize(scores[method])["iqm"] > summarize(scores["bc"])["iqm"]
+        if compared:
+            rows.append(f"{method} above BC on {ahead} of {compared} datasets")
+    if not rows:
+        return "TD3+BC and A2PR beyond behaviour cloning (the premise): no BC control measured yet."
+    return (f"TD3+BC and A2PR beyond behaviour cloning at {OFFLINE_BUDGETS['cpu']['steps'] // 1000}k steps "
+            f"(the premise of both papers): {'; '.join(rows)} (last normalized score, IQM over seeds).")
+
+
+def _long_budget_claim(records: list[dict]) -> str:
+    """The paper's largest gains are on medium-replay: does A2PR pull ahead at 10x the budget?"""
+    suffix = f"-{LONG_BUDGETS['cpu']['steps'] // 1000}k"
+    rows = []
+    for task in (t + suffix for t in LONG_TASKS if t.endswith("medium-replay")):
+        scores = {m: [r["metrics"]["normalized_score_lastk"] for r in records if (r["method"], r["task"]) == (m, task)]
+                  for m in ("a2pr", "td3bc")}
+        if all(scores.values()):
+            iqm = {m: summarize(v)["iqm"] for m, v in scores.items()}
+            rows.append(f"{task} {iqm['a2pr']:.1f} vs {iqm['td3bc']:.1f}")
+    if not rows:
+        return (f"A2PR > TD3+BC on medium-replay at {LONG_BUDGETS['cpu']['steps'] // 1000}k steps: not measured yet "
+                "(an A2PR cell of 3 seeds takes about 9 hours of this 2-core machine; see the README).")
+    return f"A2PR > TD3+BC on medium-replay, {suffix[1:]} steps (A2PR vs TD3+BC, lastk IQM): {'; '.join(rows)}."
 
 
 def _offline_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
@@ -168,7 +235,8 @@ OFFLINE_RL = Suite(
     name="offline_rl",
     title="A2PR (adaptive advantage-guided policy regularization) against TD3+BC on D4RL-style locomotion data",
     grid=_offline_cells, record=_offline_record, headline="normalized_score_last", notes=_offline_notes,
-    claims=(_medium_replay_claim,), extra_markdown=_offline_extra,
+    claims=(_medium_replay_claim, _beyond_cloning_claim, _long_budget_claim), extra_markdown=_offline_extra,
+    tables=_offline_tables,
 )
 
 
@@ -470,7 +538,16 @@ SPEED_TASK = "hopper-medium"
 SPEED_UPDATES = {"cpu": 300, "paper": 2000}  # per contender and round; a GPU run uses the larger count
 SPEED_BATCHED_SEEDS = 5
 # d3rlpy 2.8 pins gymnasium 1.0, ours needs a newer one: install it without its pins
-D3RLPY_INSTALL = "pip install --no-deps d3rlpy==2.8.1 gym==0.26.2 gym-notices structlog dataclasses-json"
+D3RLPY_INSTALL = ("pip install --no-deps d3rlpy==2.8.1 gym==0.26.2 gym-notices structlog dataclasses-json marshmallow "
+                  "typing-inspect mypy-extensions colorama")
+PROFILE_CATEGORIES = {  # torch operator -> what it is, for the profile table
+    "aten::bmm": "matrix multiplies", "aten::baddbmm": "matrix multiplies", "aten::mm": "matrix multiplies",
+    "aten::addmm": "matrix multiplies", "aten::clamp_min": "ReLU and its backward",
+    "aten::threshold_backward": "ReLU and its backward", "aten::relu": "ReLU and its backward",
+    "aten::sum": "sums (bias gradients, losses)", "aten::_fused_adam_": "Adam steps",
+    "aten::_foreach_lerp_": "target updates", "aten::copy_": "copies (batch gathering, views)",
+    "aten::index": "copies (batch gathering, views)",
+}
 
 
 def _speed_device(options: BenchOptions) -> str:
@@ -521,10 +598,12 @@ def _measure_speed(cell: Cell, folder: Path) -> dict[tuple, dict[str, float]]:
         if policy.device.type == "cuda":
             torch.cuda.synchronize(policy.device)
 
-    def ours(spec, n_seeds: int):
+    def ours(spec, n_seeds: int, profiled: str = ""):
         config = build_config(spec.config_cls, spec.presets, "paper", {"dataset": params["task"],
                                                                         "n_seeds": str(n_seeds)})
         algorithm = spec.build(config, policy)
+        if profiled:
+            algorithms[profiled] = algorithm
 
         def run(n: int) -> float:
             synchronize()
@@ -536,7 +615,8 @@ def _measure_speed(cell: Cell, folder: Path) -> dict[tuple, dict[str, float]]:
 
         return run
 
-    contenders = {"td3bc": ours(TD3BC, 1), "a2pr": ours(A2PR, 1),
+    algorithms: dict[str, Any] = {}
+    contenders = {"td3bc": ours(TD3BC, 1, "td3bc"), "a2pr": ours(A2PR, 1, "a2pr"),
                   f"td3bc-{params['batched_seeds']}seeds": ours(TD3BC, params["batched_seeds"])}
     if "d3rlpy-td3bc" in params["contenders"]:
         try:
@@ -569,7 +649,33 @@ def _measure_speed(cell: Cell, folder: Path) -> dict[tuple, dict[str, float]]:
     for _ in range(2):
         for name, run in contenders.items():
             rates[name].append(run(params["updates"]))
+    import json
+
+    # where one update's time goes, and how fast its matrix multiplies run: what bounds the speed
+    profile = {name: _profile_updates(algorithm) for name, algorithm in algorithms.items()}
+    (folder / "profile.json").write_text(json.dumps(profile, indent=1))
     return {(name, params["task"], 0): {"updates_per_s": float(np.mean(r))} for name, r in rates.items()}
+
+
+def _profile_updates(algorithm, n: int = 20) -> dict[str, Any]:
+    """Self CPU time per operator category over ``n`` updates, and the matrix multiplies' GFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(n):
+            algorithm.update()
+    shares: dict[str, float] = {}
+    flops, matmul_seconds, total = 0.0, 0.0, 0.0
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        total += seconds
+        category = PROFILE_CATEGORIES.get(event.key, "other")
+        shares[category] = shares.get(category, 0.0) + seconds
+        if category == "matrix multiplies":
+            flops += event.flops
+            matmul_seconds += seconds
+    return {"seconds_per_update": total / n, "shares": {k: v / total for k, v in sorted(shares.items())},
+            "matmul_gflop_per_update": flops / n / 1e9, "matmul_gflop_per_s": flops / max(matmul_seconds, 1e-9) / 1e9}
 
 
 def _speed_notes(options: BenchOptions) -> str:
@@ -604,9 +710,40 @@ def _speed_batched(records: list[dict]) -> str:
             f"{(_rate(records, 'a2pr') or float('nan')) / one:.2f}x TD3+BC's update rate.")
 
 
+def _speed_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    """The profile of the run here (kept as profile.md beside the results for a report rewritten elsewhere)."""
+    import json
+
+    out = OFFLINE_RL_SPEED.out_dir(options)
+    measured = OFFLINE_RL_SPEED.run_root(options) / cells[0].run / "profile.json"
+    if measured.is_file() and is_done_speed(options, cells[0]):
+        profile = json.loads(measured.read_text())
+        categories = sorted({c for p in profile.values() for c in p["shares"]})
+        lines = ["# Where an update's time goes", "",
+                 "torch.profiler over 20 updates per method, one seed, self CPU time by operator category, on "
+                 "the machine of the results beside this file:", "",
+                 "| method | ms per update | " + " | ".join(categories)
+                 + " | matmul GFLOP per update | matmul GFLOP/s |",
+                 "| --- | --- | " + " | ".join("---" for _ in categories) + " | --- | --- |"]
+        for name, p in profile.items():
+            lines.append(f"| {name} | {1000 * p['seconds_per_update']:.1f} | "
+                         + " | ".join(f"{100 * p['shares'].get(c, 0):.0f}%" for c in categories)
+                         + f" | {p['matmul_gflop_per_update']:.2f} | {p['matmul_gflop_per_s']:.1f} |")
+        atomic_write_text(out / "profile.md", "\n".join(lines) + "\n")
+    if not (out / "profile.md").is_file():
+        return ""
+    return (out / "profile.md").read_text().replace("# Where", "## Where", 1)
+
+
+def is_done_speed(options: BenchOptions, cell: Cell) -> bool:
+    from grp_workbench.harness.bench import is_done
+
+    return is_done(OFFLINE_RL_SPEED, options, cell)
+
+
 OFFLINE_RL_SPEED = Suite(
     name="offline_rl_speed",
     title="Offline RL update speed: our TD3+BC and A2PR beside d3rlpy's TD3PlusBC (one process, one device)",
     grid=_speed_cells, record=None, headline="updates_per_s", notes=_speed_notes,
-    claims=(_speed_vs_d3rlpy, _speed_batched), folder=_speed_folder,
+    claims=(_speed_vs_d3rlpy, _speed_batched), folder=_speed_folder, extra_markdown=_speed_extra,
 )

@@ -173,8 +173,9 @@ def test_a_suite_declares_exactly_its_committed_grid_and_regenerates_its_records
     suite = load_suite(suite_name)
     committed = json.loads((REPO / "benchmarks" / folder / "results.json").read_text())
     declared = [key for cell in suite.cells(BenchOptions()) for key in cell.keys()]
-    assert set(declared) == {(r["method"], r["task"], r["seed"]) for r in committed["records"]}
-    assert len(declared) == len(set(declared)) == len(committed["records"])
+    # every committed record is a cell of the grid (a grid may have grown by cells not run yet)
+    assert {(r["method"], r["task"], r["seed"]) for r in committed["records"]} <= set(declared)
+    assert len(declared) == len(set(declared)) >= len(committed["records"])
     assert suite.cells(BenchOptions(budget="paper"))  # the paper budget builds too
     out = tmp_path / folder
     out.mkdir()
@@ -186,7 +187,9 @@ def test_a_suite_declares_exactly_its_committed_grid_and_regenerates_its_records
     assert sorted(again["records"], key=key) == sorted(committed["records"], key=key)
     assert again["machine"] == committed["machine"]  # measured there, not on the machine that rewrote it
     readme = (out / "README.md").read_text()
-    assert "Status: complete." in readme and "carried over from the previous results.json" in readme
+    complete = len(committed["records"]) == len(declared)
+    assert ("Status: complete." in readme) == complete and "carried over from the previous results.json" in readme
+    assert complete or "PARTIAL" in committed["notes"]  # a committed partial grid says so
 
 
 def test_a_batched_seed_cell_makes_one_record_per_member(tmp_path):

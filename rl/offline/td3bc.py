@@ -131,6 +131,15 @@ class TD3BC(OfflineAlgorithm):
             metrics |= {"actor_loss": loss.item() / self.n_members, "bc_mse": bc_term.mean().item()}
         return metrics
 
+    def evaluate(self) -> dict[str, float]:
+        """Returns and scores, plus the policy's drift from the data at this point of training (its
+        mean over members: action_mse, q_gain), so a run's curves show whether drift shrinks as the
+        critic matures."""
+        metrics = super().evaluate()
+        drift = self.policy_drift(n_states=1024)
+        return metrics | {"drift/action_mse": float(drift["action_mse"].mean()),
+                          "drift/q_gain": float(drift["q_gain"].mean())}
+
     # -- diagnosis --------------------------------------------------------------------------------
     @torch.no_grad()
     def policy_drift(self, n_states: int = 4096, seed: int = 0) -> dict[str, np.ndarray]:
