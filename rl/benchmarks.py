@@ -84,7 +84,8 @@ def _offline_notes(options: BenchOptions) -> str:
               f"<dataset>-{long['steps'] // 1000}k), evaluation every {long['eval_every']}; its headline is "
               f"normalized_score_lastk, the mean of the last {LASTK} evaluations.") if long else ""
     return (f"{len(seeds)} seeds (batched), {budget['steps']} gradient steps, evaluation every {budget['eval_every']} "
-            "steps with 10 deterministic episodes, each seed on its own start states; BC (plain behaviour cloning, "
+            "steps with 10 deterministic episodes, each seed on its own start states (runs made before commit df65221, "
+            "the first 18 cells, evaluated every seed on the first seed's); BC (plain behaviour cloning, "
             "rl/offline/bc.py) is the control. Datasets built locally (`workbench rl data build`), normalized with "
             "their stored local random / expert returns. Behaviour policies and dataset budgets: "
             f"rl/offline/README.md.{second}")
