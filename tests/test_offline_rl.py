@@ -356,3 +356,60 @@ def test_actor_step_metrics_average_over_the_updates_that_made_them(tmp_path):
     train(spec, config, tmp_path / "run", "paper", quiet=True)
     rows = [row for row in metric_rows(tmp_path / "run") if "actor_metric" in row]
     assert [row["actor_metric"] for row in rows] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("spec", [TD3BC_SPEC, A2PR_SPEC], ids=["td3bc", "a2pr"])
+def test_batched_updates_match_the_plain_per_seed_reference(spec, monkeypatch):
+    """From the same weights, minibatches and noise, in float64, every member of the batched update
+    follows the plain reference (rl/offline/reference.py) to rounding, over four updates (two
+    actor steps): what any faster path of these updates must keep."""
+    from grp_workbench.rl.offline.reference import ReferenceA2PR, ReferenceTD3BC
+
+    torch.manual_seed(0)
+    build("pointreach-medium", n_steps=2000)
+    overrides = {"dataset": "pointreach-medium", "n_seeds": 2, "hidden": 32, "batch_size": 16}
+    if spec is A2PR_SPEC:
+        overrides |= {"vae_hidden": 24}
+    config = build_config(spec.config_cls, spec.presets, "tiny", overrides)
+    algorithm = spec.build(config, make_policy("cpu", "fp32"))
+    for module in algorithm.modules().values():
+        if isinstance(module, torch.nn.Module):
+            module.double()
+    sampler = algorithm.sampler
+    for name in ("observations", "next_observations", "actions", "rewards", "not_dones"):
+        setattr(sampler, name, getattr(sampler, name).double())
+    references = [(ReferenceA2PR if spec is A2PR_SPEC else ReferenceTD3BC)(algorithm, k) for k in range(2)]
+    initial = algorithm.actor.net[0].weight[0].detach().clone()
+
+    batches, noises = [], []
+    sample, randn_like = sampler.sample, torch.randn_like
+    monkeypatch.setattr(sampler, "sample", lambda *a: batches.append(sample(*a)) or batches[-1])
+    monkeypatch.setattr(torch, "randn_like", lambda x: noises.append(randn_like(x)) or noises[-1])
+    for _ in range(4):
+        batches.clear()
+        noises.clear()
+        algorithm.update()
+        for k, reference in enumerate(references):
+            reference.update([t[k] for t in batches[0]], [n[k] for n in noises])
+
+    batched = {"actor": algorithm.actor.net, "actor_target": algorithm.actor_target.net}
+    for k, reference in enumerate(references):
+        expected = reference.parameters()
+        for name, net in batched.items():
+            for ours, theirs in zip([t for layer in net if hasattr(layer, "weight") for t in (layer.weight[k],
+                                                                                               layer.bias[k])],
+                                    expected[name], strict=True):
+                torch.testing.assert_close(ours, theirs.detach(), rtol=1e-7, atol=1e-9)
+        critic = [layer for layer in algorithm.critic.net if hasattr(layer, "weight")]
+        for head, name in ((k, "critic_q1"), (2 + k, "critic_q2")):
+            ours = [t for layer in critic for t in (layer.weight[head], layer.bias[head])]
+            for a, b in zip(ours, expected[name], strict=True):
+                torch.testing.assert_close(a, b.detach(), rtol=1e-7, atol=1e-9)
+        if spec is A2PR_SPEC:
+            for name, net in (("value", algorithm.value), ("vae_encoder", algorithm.vae.encoder),
+                              ("vae_decoder", algorithm.vae.decoder)):
+                ours = [t for layer in net if hasattr(layer, "weight") for t in (layer.weight[k], layer.bias[k])]
+                for a, b in zip(ours, expected[name], strict=True):
+                    torch.testing.assert_close(a, b.detach(), rtol=1e-7, atol=1e-9)
+    # the weights moved: the comparison is of training, not of untouched initial weights
+    assert not torch.allclose(initial, algorithm.actor.net[0].weight[0])
