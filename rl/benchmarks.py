@@ -211,7 +211,7 @@ def _long_budget_claim(records: list[dict]) -> str:
             rows.append(f"{task} {iqm['a2pr']:.1f} vs {iqm['td3bc']:.1f}")
     if not rows:
         return (f"A2PR > TD3+BC on medium-replay at {LONG_BUDGETS['cpu']['steps'] // 1000}k steps: not measured yet "
-                "(an A2PR cell of 3 seeds takes about 9 hours of this 2-core machine; see the README).")
+                "(an A2PR cell of 3 seeds needs 2.5-3 hours of a 2-core machine; see the README).")
     return f"A2PR > TD3+BC on medium-replay, {suffix[1:]} steps (A2PR vs TD3+BC, lastk IQM): {'; '.join(rows)}."
 
 
