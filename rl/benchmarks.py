@@ -216,20 +216,61 @@ def _long_budget_claim(records: list[dict]) -> str:
 
 
 def _offline_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
-    """The aggregate over every record (carried-over ones too) and the curves of the runs here."""
+    """The aggregate over every record (carried-over ones too), and per budget the learning curves
+    (and, for the longer budget, the drift at every evaluation) of the runs here. A figure is redrawn
+    only when every finished cell of its table has its run here; otherwise the figure of the run that
+    made the carried-over records stays (a partial redraw would drop their curves)."""
     from grp_workbench.harness.bench import is_done
 
-    curves = {(cell.method, cell.task): member_scores(RunDir(OFFLINE_RL.run_root(options) / cell.run),
-                                                      list(cell.members))
-              for cell in cells if is_done(OFFLINE_RL, options, cell)}
-    out = OFFLINE_RL.out_dir(options)
-    if curves:
-        plot_curves(curves, out / "learning_curves.png")
-    # without the runs here (records carried over) the figure of the run that made them stays
-    parts = [aggregate_markdown(records), figure_link(out / "learning_curves.png", "learning curves", out)]
+    out, root = OFFLINE_RL.out_dir(options), OFFLINE_RL.run_root(options)
+    recorded = {(r["method"], r["task"]) for r in records}
+    parts = [aggregate_markdown(records)]
+    long_tasks = {f"{t}-{LONG_BUDGETS['cpu']['steps'] // 1000}k" for t in LONG_TASKS}
+    for group, name in ((OFFLINE_TASKS, "learning_curves"), (sorted(long_tasks), "learning_curves_100k")):
+        group_cells = [c for c in cells if c.task in group and (c.method, c.task) in recorded]
+        here = [c for c in group_cells if is_done(OFFLINE_RL, options, c)]
+        if here and len(here) == len(group_cells):
+            runs = {(c.method, c.task): RunDir(root / c.run) for c in here}
+            plot_curves({key: member_scores(run, list(cell.members)) for (key, run), cell in zip(runs.items(), here)},
+                        out / f"{name}.png")
+            if name.endswith("100k"):
+                plot_drift(runs, out / "drift_100k.png")
+        budget = name.removeprefix("learning_curves")[1:] or "10k"
+        parts.append(figure_link(out / f"{name}.png", f"learning curves ({budget} steps)", out))
+    parts.append(figure_link(out / "drift_100k.png", "drift from the data at every evaluation (100k steps)", out))
     if (out / "policy_drift.md").is_file():  # measured by `workbench rl drift` on the runs, kept beside
         parts.append("How far each policy drifts from the data, per seed: [policy_drift.md](policy_drift.md).")
     return "\n\n".join(p.strip() for p in parts if p)
+
+
+def plot_drift(runs: dict[tuple[str, str], RunDir], path: Path) -> Path | None:
+    """Per task: the policy's mean squared distance from the data's actions at every evaluation,
+    per method (mean over seeds), so one sees whether drift shrinks as the critic matures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({task for _, task in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
+    drawn = False
+    for ax, task in zip(axes[0], tasks):
+        for (method, t), run in sorted(runs.items()):
+            rows = [r for r in run.read_metrics("eval") if "drift/action_mse" in r]
+            if t == task and rows:
+                ax.plot([r["step"] for r in rows], [r["drift/action_mse"] for r in rows], marker="o",
+                        label=method, color=METHOD_COLORS.get(method))
+                drawn = True
+        ax.set(title=task, xlabel="gradient step", ylabel="action MSE to the data")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if not drawn:
+        plt.close(fig)
+        return None
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 OFFLINE_RL = Suite(

@@ -161,6 +161,13 @@ def test_offline_methods_improve_their_return_on_a_tiny_problem(tmp_path, spec):
     untrained = spec.build(config, make_policy("cpu", "fp32")).evaluate()["normalized_score"]
     summary = train(spec, config, tmp_path / spec.name, "tiny", quiet=True)
     assert summary["final"]["normalized_score"] > max(untrained + 30, 70), (untrained, summary["final"])
+    if spec is not BC_SPEC:  # every evaluation also measures how far the policy drifts from the data
+        from grp_workbench.rl.benchmarks import plot_drift
+
+        assert summary["final"]["drift/action_mse"] >= 0 and "drift/q_gain" in summary["final"]
+        from grp_workbench.harness.runs import RunDir
+
+        assert plot_drift({(spec.name, "pointreach"): RunDir(tmp_path / spec.name)}, tmp_path / "drift.png")
 
 
 def test_batched_seeds_report_each_member(tmp_path):
