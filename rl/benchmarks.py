@@ -417,8 +417,13 @@ def _level_notes(options: BenchOptions) -> str:
     return (f"CaveEscape 13x13, 512 training levels of 4 WFC structures (envs/level_sets), PPO (rl/ued/ppo.py, "
             f"preset `{budget['preset']}` with {budget['student'] or 'no changes'}, feed-forward core), "
             f"{config.total_steps} environment steps per run ({updates} student updates of {config.num_envs} envs x "
-            f"{config.num_steps} steps), zero-shot evaluation on {config.eval_limit or 'all'} levels of each set, "
-            "one episode each. The level VAE DRED reads is trained first (`level-vae` under the run root); "
+            f"{config.num_steps} steps), zero-shot evaluation on {config.eval_limit or 'all'} levels of each set "
+            f"(the same number from every structure), {1 if config.eval_greedy else config.eval_episodes} "
+            f"{'greedy episode' if config.eval_greedy else 'stochastic episodes'} per level, seeded. Records made "
+            "before that evaluation (every committed record so far) played one episode on the FIRST 64 levels of "
+            "each set, which are stored in structure order: one structure of test.npz, five of held_out.npz "
+            "(issue 18; the rerun replaces them). The level VAE DRED reads is trained first (`level-vae` under the "
+            "run root); "
             "its accuracies and how close each level source is to the training levels: levels.md.")
 
 

@@ -165,24 +165,43 @@ def policy_drift(
 @app.command("eval")
 def evaluate_student(
     run_dir: Annotated[str, typer.Argument(help="a `workbench rl train dr|uniform|plr|dred` run directory")],
-    levels: Annotated[str, typer.Option(help="level set (.npz): one episode per level, zero-shot")],
-    seed: Annotated[int, typer.Option(help="episode seed")] = 0,
+    levels: Annotated[str, typer.Option(help="level set (.npz), zero-shot: every level, or --limit per structure")],
+    seed: Annotated[int, typer.Option(help="seeds every draw: episode resets and sampled actions")] = 0,
+    episodes: Annotated[int, typer.Option(min=1, help="episodes per level, stochastic policy")] = 3,
+    greedy: Annotated[bool, typer.Option("--greedy", help="one episode per level, argmax actions")] = False,
+    limit: Annotated[int, typer.Option(min=0, help="> 0: this many levels, the same number per structure")] = 0,
 ) -> None:
-    """Zero-shot evaluation of a trained student: mean return and solved rate over unseen levels."""
+    """Zero-shot evaluation of a trained student: solved rate and return over levels with a 95%
+    bootstrap CI over levels, and the solved rate of each structure. The same seed gives the same
+    numbers."""
     import torch
 
     from grp_workbench.envs.cave_escape import CaveEscapeEnv
     from grp_workbench.envs.levels import load_levels
+    from grp_workbench.harness.evaluation import aggregate_mean, stratified_bootstrap_ci
     from grp_workbench.harness.runs import RunDir
-    from grp_workbench.rl.ued.ppo import ActorCritic, play
+    from grp_workbench.rl import RLError
+    from grp_workbench.rl.ued.ppo import METHODS, ActorCritic, level_set_metrics, play, stratified
 
     run = RunDir(run_dir)
+    method = run.header.get("method") if run.exists() else None
+    if method not in METHODS:
+        raise RLError(f"{run_dir} is not a CaveEscape student run (method: {method}); pass the folder "
+                      f"`workbench rl train {'|'.join(METHODS)}` wrote.")
     state = run.last_algorithm_state("trained student", "train one with `workbench rl train dred|plr|uniform|dr`.")
     config = run.header["config"]
     net = ActorCritic(hidden=config["hidden"], recurrent=config.get("recurrent", False))
     net.load_state_dict(state["net"])
-    level_set = load_levels(levels)
+    level_set = stratified(load_levels(levels), limit)
     env_list = [CaveEscapeEnv(level_set[0], size=level_set[0].grid.shape[0], max_steps=config["max_episode_steps"])
                 for _ in range(16)]
-    returns = play(net, env_list, level_set, torch.Generator().manual_seed(seed))
-    typer.echo(f"{len(level_set)} levels: return {returns.mean():.3f}, solved rate {(returns > 0).mean():.3f}")
+    returns = play(net, env_list, level_set, torch.Generator().manual_seed(seed), greedy=greedy,
+                   episodes=1 if greedy else episodes)
+    solved = (returns > 0).mean(1)
+    low, high = stratified_bootstrap_ci(solved[:, None], aggregate_mean, seed=seed)  # levels as the runs
+    how = "one greedy episode" if greedy else f"{returns.shape[1]} stochastic episodes"
+    typer.echo(f"{len(level_set)} levels, {how} each: solved rate {solved.mean():.3f} [95% CI {low:.3f}, "
+               f"{high:.3f}] over levels, return {returns.mean():.3f}")
+    for key, value in level_set_metrics("set", level_set, returns).items():
+        if key.startswith("set/solved_rate/"):
+            typer.echo(f"  {key.removeprefix('set/solved_rate/')}: {value:.3f}")

@@ -196,3 +196,35 @@ def test_procgen_plr_student_trains_and_scores_the_levels_it_plays(tmp_path, one
     assert (sampler["scores"][sampler["seen"]] > 0).all()
     with pytest.raises(Exception, match="overlaps the training seeds"):
         build_config(spec.config_cls, spec.presets, "tiny", {"test_start_level": 3})
+
+
+def test_evaluation_takes_every_structure_and_one_seed_gives_one_result(tmp_path, one_thread):
+    """The shipped sets are stored in structure order: a limit takes the same number from every
+    structure (the first N levels were one structure), and `rl eval` is reproducible."""
+    from typer.testing import CliRunner
+
+    from grp_workbench.harness.cli import app
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.trainer import train
+    from grp_workbench.rl.ued.ppo import LEVEL_SETS, SPECS, stratified
+
+    test_levels = load_levels(LEVEL_SETS / "test.npz")
+    structures = {level.structure for level in test_levels}
+    assert len({level.structure for level in test_levels[:64]}) < len(structures)  # why first-N was biased
+    picked = stratified(test_levels, 64)
+    assert {level.structure for level in picked} == structures
+    counts = [sum(level.structure == s for level in picked) for s in structures]
+    assert len(set(counts)) == 1 and len(picked) == 64
+
+    spec = SPECS["uniform"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {"eval_limit": 8})
+    summary = train(spec, config, str(tmp_path / "student"), "tiny", quiet=True)
+    per_structure = [k for k in summary["final"] if k.startswith("in_dist/solved_rate/")]
+    assert {k.rsplit("/", 1)[1] for k in per_structure} == structures
+    command = ["rl", "eval", str(tmp_path / "student"), "--levels", str(LEVEL_SETS / "held_out.npz"), "--limit", "16",
+               "--seed", "3"]
+    first, second = CliRunner().invoke(app, command), CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    assert first.output == second.output and "95% CI" in first.output and "3 stochastic episodes" in first.output
+    not_a_student = CliRunner().invoke(app, ["rl", "eval", str(tmp_path), "--levels", str(LEVEL_SETS / "test.npz")])
+    assert "is not a CaveEscape student run" in str(not_a_student.exception)

@@ -44,7 +44,9 @@ LEVEL_SETS = Path(__file__).resolve().parents[2] / "envs" / "level_sets"
 class UEDConfig(TrainConfig):
     levels: str = ""  # training level set (.npz); default envs/level_sets/train.npz
     eval_levels: str = ""  # comma-separated name=path; default test (in_dist) and held_out
-    eval_limit: int = 0  # > 0: evaluate on the first N levels of each set (CPU budgets)
+    eval_limit: int = 0  # > 0: evaluate on N levels of each set, the same number from every structure
+    eval_episodes: int = 3  # episodes per evaluation level, stochastic policy (eval_greedy: one, argmax)
+    eval_greedy: bool = False
     num_envs: int = 32  # the paper: 36 processes
     num_steps: int = 256
     lr: float = 1e-4
@@ -210,12 +212,28 @@ class DRSampler(UniformSampler):
         return list(range(n))
 
 
+def stratified(levels: list[Level], limit: int) -> list[Level]:
+    """``limit`` levels with the same number from every structure (the first ones of each, in the
+    set's order), or all levels when ``limit`` is 0. Level sets are stored in structure order, so
+    the first N levels would be one or a few structures only."""
+    if not limit or limit >= len(levels):
+        return list(levels)
+    by_structure: dict[str, list[Level]] = {}
+    for level in levels:
+        by_structure.setdefault(level.structure, []).append(level)
+    per = max(1, limit // len(by_structure))
+    return [level for group in by_structure.values() for level in group[:per]]
+
+
 def play(policy: ActorCritic, env_list: list[CaveEscapeEnv], levels: list[Level], generator: torch.Generator,
-         greedy: bool = False) -> np.ndarray:
-    """One episode per level (in batches of len(env_list)); returns the episode returns."""
+         greedy: bool = False, episodes: int = 1) -> np.ndarray:
+    """``episodes`` episodes per level (in batches of len(env_list)); returns (levels, episodes)
+    returns. Every draw (reset seeds, sampled actions) comes from ``generator``, so one seed gives
+    one result."""
+    queue = [level for level in levels for _ in range(episodes)]
     returns = []
-    for start in range(0, len(levels), len(env_list)):
-        batch = levels[start : start + len(env_list)]
+    for start in range(0, len(queue), len(env_list)):
+        batch = queue[start : start + len(env_list)]
         observations = [env.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=generator)),
                                   options={"level": level})[0] for env, level in zip(env_list, batch)]
         total, active = np.zeros(len(batch)), np.ones(len(batch), dtype=bool)
@@ -224,13 +242,24 @@ def play(policy: ActorCritic, env_list: list[CaveEscapeEnv], levels: list[Level]
             with torch.no_grad():
                 logits, _, memory = policy(*encode_observations(observations), memory)
             actions = (logits.argmax(-1) if greedy else
-                       torch.distributions.Categorical(logits=logits).sample()).tolist()
+                       torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)).tolist()
             for i in np.flatnonzero(active):
                 observations[i], reward, terminated, truncated, _ = env_list[i].step(actions[i])
                 total[i] += reward
                 active[i] = not (terminated or truncated)
         returns.extend(total.tolist())
-    return np.array(returns)
+    return np.array(returns).reshape(len(levels), episodes)
+
+
+def level_set_metrics(name: str, levels: list[Level], returns: np.ndarray) -> dict[str, float]:
+    """Mean return and solved rate over levels (a level's solved rate: the share of its episodes
+    that reached the goal), and the solved rate of each structure."""
+    solved = (returns > 0).mean(1)
+    metrics = {f"{name}/return": float(returns.mean()), f"{name}/solved_rate": float(solved.mean())}
+    for structure in sorted({level.structure for level in levels}):
+        mask = np.array([level.structure == structure for level in levels])
+        metrics[f"{name}/solved_rate/{structure or 'unnamed'}"] = float(solved[mask].mean())
+    return metrics
 
 
 class UEDTraining:
@@ -279,8 +308,7 @@ class UEDTraining:
         sets = {}
         for item in spec.split(","):
             name, _, path = item.partition("=")
-            levels = load_levels(path)
-            sets[name] = levels[: self.config.eval_limit] if self.config.eval_limit else levels
+            sets[name] = stratified(load_levels(path), self.config.eval_limit)
         return sets
 
     def _start_episode(self, i: int) -> dict:
@@ -420,10 +448,14 @@ class UEDTraining:
 
     def evaluate(self) -> dict[str, float]:
         metrics = {}
+        cfg = self.config
+        # its own stream, seeded from the run's seed and progress: an evaluation neither depends on nor
+        # changes the training draws, and the same checkpoint always evaluates the same
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.steps_done)
         for name, levels in self.eval_sets.items():
-            returns = play(self.net, self.envs, levels, self.generator)
-            metrics[f"{name}/return"] = float(returns.mean())
-            metrics[f"{name}/solved_rate"] = float((returns > 0).mean())
+            returns = play(self.net, self.envs, levels, generator, greedy=cfg.eval_greedy,
+                           episodes=1 if cfg.eval_greedy else cfg.eval_episodes)
+            metrics |= level_set_metrics(name, levels, returns)
         self._observations = None  # evaluation reset the training environments: start fresh training episodes
         return metrics
 
