@@ -1,13 +1,18 @@
 import numpy as np
 import pytest
 
-from grp_workbench.envs.levels import EMPTY, MOSS, Level, load_levels
+from grp_workbench.envs.levels import EMPTY, MOSS, WALL, Level, load_levels
 from grp_workbench.rl.ued.samplers import DREDBuffer, DREDConfig, PLRConfig, PLRSampler, rank_weights, staleness_weights
 
 
 def _level(tag: int) -> Level:
-    grid = np.zeros((3, 3), dtype=np.uint8) + EMPTY
-    return Level(grid, (0, 0), (2, 2), f"l{tag}")
+    """A distinct level per tag: the tag's bits as walls on a 5 x 5 grid (start and goal stay open)."""
+    grid = np.zeros((5, 5), dtype=np.uint8) + EMPTY
+    cells = [(r, c) for r in range(5) for c in range(5) if (r, c) not in ((0, 0), (4, 4))]
+    for bit, cell in enumerate(cells):
+        if tag >> bit & 1:
+            grid[cell] = WALL
+    return Level(grid, (0, 0), (4, 4), f"l{tag}")
 
 
 def test_rank_weights_match_hand_computation():
@@ -228,3 +233,19 @@ def test_evaluation_takes_every_structure_and_one_seed_gives_one_result(tmp_path
     assert first.output == second.output and "95% CI" in first.output and "3 stochastic episodes" in first.output
     not_a_student = CliRunner().invoke(app, ["rl", "eval", str(tmp_path), "--levels", str(LEVEL_SETS / "test.npz")])
     assert "is not a CaveEscape student run" in str(not_a_student.exception)
+
+
+def test_dred_admits_only_solved_new_levels_even_with_room():
+    """The official level store: a generated level enters only with a grounded score above 0, and never
+    as a copy of a level the buffer holds (training levels included)."""
+    dataset = [_level(i) for i in range(4)]
+    buffer = DREDBuffer(dataset, DREDConfig(buffer_size=100), seed=0)
+    assert buffer.add_generated(_level(50), score=0.7, max_return=0.0) is None  # room, but never solved
+    assert buffer.add_generated(_level(51), score=0.0, max_return=1.0) is None  # solved, no learning signal
+    copy = Level(dataset[2].grid.copy(), dataset[2].start, dataset[2].goal, "generated")
+    assert buffer.add_generated(copy, score=0.7, max_return=1.0) is None  # a training level again
+    assert buffer.add_generated(_level(52), score=0.7, max_return=1.0) is not None
+    assert buffer.add_generated(_level(52), score=0.9, max_return=1.0) is None  # already held
+    assert buffer.take_counts() == {"proposed": 5, "admitted": 1, "unsolved": 2, "duplicate": 2}
+    assert buffer.take_counts()["proposed"] == 0
+    assert buffer.dataset_mass() == pytest.approx(1.0)  # c_t = 0: only training levels are replayed

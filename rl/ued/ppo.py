@@ -411,11 +411,17 @@ class UEDTraining:
         levels, parents = self.vae.interpolate(self.latents, self.train_levels, cfg.num_pairs, cfg.interpolations,
                                                self.generator)
         returns, scores = self._evaluate_for_scores(levels)
-        kept = 0
         for level, parent, ret, score in zip(levels, parents, returns, scores):
-            kept += self.sampler.add_generated(level, score, ret, parent) is not None
-        return {"generated_kept": float(kept), "generated_solved": float(np.mean(np.array(returns) > 0)),
-                "buffer_generated": float(self.sampler.n_generated())}
+            self.sampler.add_generated(level, score, ret, parent)
+        counts = self.sampler.take_counts()
+        # buffer statistics per update: what was proposed and admitted, how much of it can be solved at
+        # all, and how much of the replay distribution still goes to the training levels
+        return {"generated_proposed": float(counts["proposed"]), "generated_kept": float(counts["admitted"]),
+                "generated_unsolved": float(counts["unsolved"]), "generated_duplicate": float(counts["duplicate"]),
+                "generated_solved": float(np.mean(np.array(returns) > 0)),
+                "generated_solvable": float(np.mean([is_solvable(level) for level in levels])),
+                "buffer_generated": float(self.sampler.n_generated()),
+                "replay_dataset_mass": self.sampler.dataset_mass()}
 
     def _evaluate_for_scores(self, levels: list[Level]) -> tuple[list[float], list[float]]:
         """One episode per level with the current policy; score = mean |TD(λ) advantage| along it."""

@@ -131,6 +131,11 @@ class _Entry:
     parents: tuple[int, int] = field(default=(-1, -1))
 
 
+def level_key(level: Level) -> bytes:
+    """A level's content (grid, start, goal), for recognising copies whatever their label."""
+    return level.grid.tobytes() + bytes(level.grid.shape) + np.array([*level.start, *level.goal]).tobytes()
+
+
 class DREDBuffer:
     """DRED's level buffer: training levels fixed, generated levels scored and replaced by weight."""
 
@@ -144,6 +149,10 @@ class DREDBuffer:
         self.rng = np.random.default_rng(seed)
         self.progress = 0.0  # c_t
         self.episode = 0
+        self._keys = {level_key(level) for level in dataset}  # what the buffer holds, for de-duplication
+        # generated levels offered since the last ``take_counts``: admitted, or turned away as never
+        # solved (grounded score 0) or as a copy of a level the buffer holds
+        self.counts = {"proposed": 0, "admitted": 0, "unsolved": 0, "duplicate": 0}
 
     def set_progress(self, fraction: float) -> None:
         self.progress = float(np.clip(fraction, 0.0, 1.0))
@@ -192,22 +201,49 @@ class DREDBuffer:
 
     def add_generated(self, level: Level, score: float, max_return: float,
                       parents: tuple[int, int] = (-1, -1)) -> int | None:
-        """Insert a scored generated level; when full, it replaces the lowest-weight generated level
-        if it would weigh more. Returns its id, or None when it was not kept."""
+        """Insert a scored generated level, as the official level store does (dred ``level_sampler.py``):
+        only with a grounded score above 0 (solved at least once and a positive score: a level never
+        solved would never be sampled), never a copy of a level the buffer holds (training levels
+        included), and when full only in place of the lowest-weight generated level it outweighs.
+        Returns its id, or None when it was not kept."""
+        keys = self.__dict__.setdefault("_keys", {level_key(e.level) for e in self.entries})
+        counts = self.__dict__.setdefault("counts", {"proposed": 0, "admitted": 0, "unsolved": 0, "duplicate": 0})
+        counts["proposed"] += 1
+        new_grounded = score if max_return > 0 else 0.0
+        if new_grounded <= 0:
+            counts["unsolved"] += 1
+            return None
+        key = level_key(level)
+        if key in keys:
+            counts["duplicate"] += 1
+            return None
         entry = _Entry(level, False, score, max_return, self.episode, True, parents)
         if len(self.entries) < self.config.buffer_size:
             self.entries.append(entry)
-            return len(self.entries) - 1
-        generated = [i for i, e in enumerate(self.entries) if not e.from_dataset]
-        if not generated:
-            return None
-        grounded = np.array([self.entries[i].score if self.entries[i].max_return > 0 else 0.0 for i in generated])
-        weakest = generated[int(np.argmin(grounded))]
-        new_grounded = score if max_return > 0 else 0.0
-        if new_grounded <= grounded.min():
-            return None
-        self.entries[weakest] = entry
-        return weakest
+            index = len(self.entries) - 1
+        else:
+            generated = [i for i, e in enumerate(self.entries) if not e.from_dataset]
+            if not generated:
+                return None
+            grounded = np.array([self.entries[i].score if self.entries[i].max_return > 0 else 0.0 for i in generated])
+            index = generated[int(np.argmin(grounded))]
+            if new_grounded <= grounded.min():
+                return None
+            keys.discard(level_key(self.entries[index].level))
+            self.entries[index] = entry
+        keys.add(key)
+        counts["admitted"] += 1
+        return index
+
+    def take_counts(self) -> dict[str, int]:
+        """The admission counts since the last call (then reset)."""
+        counts = dict(self.__dict__.get("counts", {}))
+        self.counts = {"proposed": 0, "admitted": 0, "unsolved": 0, "duplicate": 0}
+        return counts
+
+    def dataset_mass(self) -> float:
+        """The probability the replay distribution gives the training levels."""
+        return float(self.weights()[[e.from_dataset for e in self.entries]].sum())
 
     def n_generated(self) -> int:
         return sum(not e.from_dataset for e in self.entries)
