@@ -368,7 +368,7 @@ def level_closeness(dred_runs: dict[int, RunDir], dr_blocks: int = 60) -> str:
     rng = np.random.default_rng(0)
     sources = {"test.npz (same structures)": load_levels(LEVEL_SETS / "test.npz"),
                "held_out.npz (other structures)": load_levels(LEVEL_SETS / "held_out.npz"),
-               f"DR ({dr_blocks} random blocks)": [random_blocks_level(rng, 13, dr_blocks) for _ in range(512)]}
+               f"DR (U[0, {dr_blocks}) random blocks)": [random_blocks_level(rng, 13, dr_blocks) for _ in range(512)]}
     for seed, run in sorted(dred_runs.items()):
         entries = run.last_algorithm_state("DRED buffer", "run the benchmark")["sampler"]["entries"]
         sources[f"DRED generated, buffer of seed {seed}"] = [e.level for e in entries if not e.from_dataset]

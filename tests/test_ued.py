@@ -249,3 +249,20 @@ def test_dred_admits_only_solved_new_levels_even_with_room():
     assert buffer.take_counts() == {"proposed": 5, "admitted": 1, "unsolved": 2, "duplicate": 2}
     assert buffer.take_counts()["proposed"] == 0
     assert buffer.dataset_mass() == pytest.approx(1.0)  # c_t = 0: only training levels are replayed
+
+
+def test_dr_draws_a_uniform_number_of_blocks_in_equal_shares_unfiltered():
+    """The official DR baseline: U[0, 60) blocks, wall / lava / moss equally likely, no solvability filter."""
+    from grp_workbench.envs.levels import LAVA, is_solvable
+    from grp_workbench.rl.ued.ppo import random_blocks_level
+
+    rng = np.random.default_rng(0)
+    levels = [random_blocks_level(rng, 13, 60) for _ in range(3000)]
+    counts = np.array([int((lv.grid != EMPTY).sum()) for lv in levels])
+    assert counts.min() == 0 and counts.max() == 59
+    assert abs(np.histogram(counts, bins=6, range=(0, 60))[0] / len(counts) - 1 / 6).max() < 0.03  # uniform
+    kinds = np.concatenate([lv.grid[lv.grid != EMPTY] for lv in levels])
+    assert all(abs((kinds == kind).mean() - 1 / 3) < 0.02 for kind in (WALL, LAVA, MOSS))
+    assert not all(is_solvable(lv) for lv in levels)  # unfiltered: some cannot be solved
+    filtered = [random_blocks_level(rng, 13, 60, filtered=True) for _ in range(50)]
+    assert all(is_solvable(lv) and int((lv.grid != EMPTY).sum()) == 60 for lv in filtered)

@@ -67,7 +67,8 @@ class UEDConfig(TrainConfig):
     staleness_coef: float = 0.3
     secondary_temperature: float = 1.0
     buffer_size: int = 4000
-    dr_blocks: int = 60  # DR: the paper's "60 blocks uniform" random levels
+    dr_blocks: int = 60  # DR: up to this many blocks (the paper's "60 blocks uniform" random levels)
+    dr_generator: str = "official"  # official: U[0, 60) blocks, equal shares, unfiltered | filtered (earlier)
     # DRED generation
     vae_run: str = ""  # a `workbench rl train level-vae` run directory (its last checkpoint)
     num_pairs: int = 6
@@ -187,28 +188,35 @@ def encode_observations(observations: list[dict]) -> tuple[torch.Tensor, torch.T
     return image, direction
 
 
-def random_blocks_level(rng: np.random.Generator, size: int = 13, blocks: int = 60) -> Level:
-    """DR's generator (the paper's CaveEscape 'N blocks uniform'): walls, lava and moss dropped uniformly."""
+def random_blocks_level(rng: np.random.Generator, size: int = 13, blocks: int = 60, filtered: bool = False) -> Level:
+    """DR's generator. Official (``filtered=False``, dred ``envs/multigrid/adversarial.py``, the
+    VariableBlocks CaveEscape env): a number of blocks drawn uniformly from [0, blocks), each a wall,
+    lava or moss with equal probability, start and goal on other random cells, no solvability check.
+    ``filtered=True`` is this project's earlier variant (exactly ``blocks`` blocks, 60% walls, 20%
+    lava, 20% moss, redrawn until solvable), kept as ``dr_generator=filtered``."""
     while True:
+        n_blocks = blocks if filtered else int(rng.integers(0, blocks))
         grid = np.zeros((size, size), dtype=np.uint8)
-        cells = rng.choice(size * size, size=blocks + 2, replace=False)
-        grid.flat[cells[:blocks]] = rng.choice([WALL, LAVA, MOSS], size=blocks, p=[0.6, 0.2, 0.2])
+        cells = rng.choice(size * size, size=n_blocks + 2, replace=False)
+        shares = [0.6, 0.2, 0.2] if filtered else [1 / 3, 1 / 3, 1 / 3]
+        grid.flat[cells[:n_blocks]] = rng.choice([WALL, LAVA, MOSS], size=n_blocks, p=shares)
         start, goal = divmod(int(cells[-2]), size), divmod(int(cells[-1]), size)
         level = Level(grid, start, goal, "random_blocks")
-        if is_solvable(level):
+        if not filtered or is_solvable(level):
             return level
 
 
 class DRSampler(UniformSampler):
     """Domain randomization: a fresh random-blocks level for every episode."""
 
-    def __init__(self, size: int, blocks: int, seed: int = 0):
+    def __init__(self, size: int, blocks: int, seed: int = 0, filtered: bool = False):
         self.rng = np.random.default_rng(seed)
-        self.size, self.blocks = size, blocks
+        self.size, self.blocks, self.filtered = size, blocks, filtered
         self.levels: list[Level] = []
 
     def sample(self, n: int) -> list[int]:
-        self.levels = [random_blocks_level(self.rng, self.size, self.blocks) for _ in range(n)]
+        self.levels = [random_blocks_level(self.rng, self.size, self.blocks, self.__dict__.get("filtered", False))
+                       for _ in range(n)]
         return list(range(n))
 
 
@@ -281,7 +289,9 @@ class UEDTraining:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if method == "dr":
-            self.sampler = DRSampler(size, cfg.dr_blocks, cfg.seed)
+            if cfg.dr_generator not in ("official", "filtered"):
+                raise RLError(f"dr_generator={cfg.dr_generator!r} is not one of official, filtered.")
+            self.sampler = DRSampler(size, cfg.dr_blocks, cfg.seed, filtered=cfg.dr_generator == "filtered")
         elif method == "uniform":
             self.sampler = UniformSampler(self.train_levels, cfg.seed)
         elif method == "plr":
