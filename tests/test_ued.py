@@ -266,3 +266,19 @@ def test_dr_draws_a_uniform_number_of_blocks_in_equal_shares_unfiltered():
     assert not all(is_solvable(lv) for lv in levels)  # unfiltered: some cannot be solved
     filtered = [random_blocks_level(rng, 13, 60, filtered=True) for _ in range(50)]
     assert all(is_solvable(lv) and int((lv.grid != EMPTY).sum()) == 60 for lv in filtered)
+
+
+def test_the_level_vae_samples_its_decoder_as_the_official_generator():
+    import torch
+
+    from grp_workbench.rl.ued.level_vae import LevelVAE
+
+    torch.manual_seed(0)
+    vae = LevelVAE(size=13, latent=8)
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    greedy = vae.decode_levels(z)
+    sampled = vae.decode_levels(z, generator=torch.Generator().manual_seed(2))
+    again = vae.decode_levels(z, generator=torch.Generator().manual_seed(2))
+    assert any((a.grid != b.grid).any() for a, b in zip(greedy, sampled))  # sampling is not argmax
+    assert all((a.grid == b.grid).all() and a.start == b.start and a.goal == b.goal for a, b in zip(sampled, again))
+    assert all(level.start != level.goal for level in sampled)

@@ -89,9 +89,25 @@ class LevelVAE(nn.Module):
         return total, {"layout": layout.item(), "goal": goal_loss.item(), "start": start_loss.item(), "kl": kl.item()}
 
     @torch.no_grad()
-    def decode_levels(self, z: torch.Tensor, structures: list[str] | None = None) -> list[Level]:
+    def decode_levels(self, z: torch.Tensor, structures: list[str] | None = None,
+                      generator: torch.Generator | None = None) -> list[Level]:
+        """Levels from latents: with a ``generator``, every cell's kind, then the goal among passable
+        cells, then the start among the rest are *sampled* from the decoder's categorical outputs, as
+        the official generator decodes (``sample=True``); without one, the most likely of each."""
         kinds, goal_logits, start_logits = self.decode_logits(z)
-        grids = kinds.argmax(1).numpy().astype(np.uint8)
+        if generator is None:
+            grids = kinds.argmax(1).numpy().astype(np.uint8)
+        else:
+            probabilities = torch.softmax(kinds, 1).movedim(1, -1).reshape(-1, kinds.shape[1])
+            grids = torch.multinomial(probabilities, 1, generator=generator).view(kinds.shape[0], *kinds.shape[2:])
+            grids = grids.numpy().astype(np.uint8)
+
+        def pick(logits: torch.Tensor, allowed: np.ndarray) -> int:
+            masked = torch.where(torch.from_numpy(allowed), logits, torch.tensor(-torch.inf))
+            if generator is None:
+                return int(masked.argmax())
+            return int(torch.multinomial(torch.softmax(masked, 0), 1, generator=generator))
+
         levels = []
         for i, grid in enumerate(grids):
             passable = np.isin(grid, PASSABLE).ravel()
@@ -99,10 +115,10 @@ class LevelVAE(nn.Module):
                 order = np.argsort(-goal_logits[i].numpy())[:2]
                 grid.flat[order] = 0
                 passable = np.isin(grid, PASSABLE).ravel()
-            goal = int(np.argmax(np.where(passable, goal_logits[i].numpy(), -np.inf)))
+            goal = pick(goal_logits[i].flatten(), passable)
             allowed = passable.copy()
             allowed[goal] = False
-            start = int(np.argmax(np.where(allowed, start_logits[i].numpy(), -np.inf)))
+            start = pick(start_logits[i].flatten(), allowed)
             levels.append(Level(grid, divmod(start, self.size), divmod(goal, self.size),
                                 structures[i] if structures else "generated"))
         return levels
@@ -114,7 +130,8 @@ class LevelVAE(nn.Module):
 
     @torch.no_grad()
     def interpolate(self, latents: tuple[torch.Tensor, torch.Tensor], levels: list[Level], num_pairs: int,
-                    interpolations: int, generator: torch.Generator) -> tuple[list[Level], list[tuple[int, int]]]:
+                    interpolations: int, generator: torch.Generator,
+                    sample: bool = True) -> tuple[list[Level], list[tuple[int, int]]]:
         means, stds = latents
         chosen = torch.randperm(len(levels), generator=generator)[: 2 * num_pairs].tolist()
         zs, parents, structures = [], [], []
@@ -126,7 +143,7 @@ class LevelVAE(nn.Module):
                 zs.append(mean + std * torch.randn(mean.shape, generator=generator))
                 parents.append((a, b))
                 structures.append(levels[a if t <= 0.5 else b].structure)
-        return self.decode_levels(torch.stack(zs), structures), parents
+        return self.decode_levels(torch.stack(zs), structures, generator if sample else None), parents
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:

@@ -68,6 +68,7 @@ class UEDConfig(TrainConfig):
     secondary_temperature: float = 1.0
     buffer_size: int = 4000
     dr_blocks: int = 60  # DR: up to this many blocks (the paper's "60 blocks uniform" random levels)
+    vae_decode: str = "sample"  # DRED: sample the decoder's categorical outputs (official) | argmax
     dr_generator: str = "official"  # official: U[0, 60) blocks, equal shares, unfiltered | filtered (earlier)
     # DRED generation
     vae_run: str = ""  # a `workbench rl train level-vae` run directory (its last checkpoint)
@@ -302,6 +303,8 @@ class UEDTraining:
                                       cfg.seed)
             from grp_workbench.rl.ued.level_vae import load_level_vae
 
+            if cfg.vae_decode not in ("sample", "argmax"):
+                raise RLError(f"vae_decode={cfg.vae_decode!r} is not one of sample (the official decoding), argmax.")
             if not cfg.vae_run:
                 raise RLError("method=dred needs a trained level VAE: `workbench rl train level-vae --levels "
                               "train.npz`, then --set vae_run=<its run directory>.")
@@ -419,7 +422,7 @@ class UEDTraining:
         rollout each (no gradient update), and offer them to the buffer."""
         cfg = self.config
         levels, parents = self.vae.interpolate(self.latents, self.train_levels, cfg.num_pairs, cfg.interpolations,
-                                               self.generator)
+                                               self.generator, sample=cfg.vae_decode == "sample")
         returns, scores = self._evaluate_for_scores(levels)
         for level, parent, ret, score in zip(levels, parents, returns, scores):
             self.sampler.add_generated(level, score, ret, parent)
