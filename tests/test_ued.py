@@ -282,3 +282,37 @@ def test_the_level_vae_samples_its_decoder_as_the_official_generator():
     assert any((a.grid != b.grid).any() for a, b in zip(greedy, sampled))  # sampling is not argmax
     assert all((a.grid == b.grid).all() and a.start == b.start and a.goal == b.goal for a, b in zip(sampled, again))
     assert all(level.start != level.goal for level in sampled)
+
+
+def test_plr_first_pass_has_no_gradient_step_and_staleness_ignores_unseen_levels(tmp_path, one_thread):
+    import torch
+
+    from grp_workbench.envs.levels import save_levels
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.rl.ued.ppo import SPECS, UEDTraining
+
+    levels = [Level(np.zeros((3, 3), dtype=np.uint8), (1, 0), (1, 2), f"l{i}") for i in range(3)]
+    train_path = save_levels(levels, tmp_path / "train.npz")
+    spec = SPECS["plr"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {
+        "levels": str(train_path), "eval_levels": f"x={train_path}", "num_envs": 2, "num_steps": 8,
+        "max_episode_steps": 5})
+    assert config.plr_unseen_until == 1.0  # PLR's official rho
+    student = UEDTraining(config, make_policy("cpu", "fp32"), method="plr")
+    before = [p.detach().clone() for p in student.net.parameters()]
+    metrics = student.update()  # every episode here starts on an unseen level: only scoring
+    assert metrics["gradient_update"] == 0.0 and student.sampler.seen.all()
+    assert all(torch.equal(a, b) for a, b in zip(before, student.net.parameters()))
+    metrics = student.update()  # replay: PPO steps again
+    assert metrics["gradient_update"] == 1.0
+    assert not all(torch.equal(a, b) for a, b in zip(before, student.net.parameters()))
+
+    sampler = PLRSampler([_level(i) for i in range(4)], PLRConfig(temperature=1.0, staleness_coef=0.3), seed=0)
+    sampler.update(0, 1.0, 0.0)
+    sampler.update(1, 2.0, 0.0)
+    sampler.last_sampled[:] = [1, 2, 0, 0]
+    sampler.episode = 4
+    weights = sampler.weights()
+    assert weights[2:].sum() == 0.0  # unseen levels get neither score nor staleness weight
+    assert weights == pytest.approx(0.7 * np.array([1 / 3, 2 / 3, 0, 0]) + 0.3 * np.array([3 / 5, 2 / 5, 0, 0]))

@@ -64,6 +64,9 @@ class UEDConfig(TrainConfig):
     max_episode_steps: int = 250
     # samplers (PLR / DRED; the paper's values)
     plr_temperature: float = 0.1
+    # PLR's rho: unseen training levels are played first while fewer than this fraction have been
+    # seen, with no gradient update on those rollouts (the official runner; PLR's config 1.0)
+    plr_unseen_until: float = 1.0
     staleness_coef: float = 0.3
     secondary_temperature: float = 1.0
     buffer_size: int = 4000
@@ -296,7 +299,8 @@ class UEDTraining:
         elif method == "uniform":
             self.sampler = UniformSampler(self.train_levels, cfg.seed)
         elif method == "plr":
-            self.sampler = PLRSampler(self.train_levels, PLRConfig(cfg.plr_temperature, cfg.staleness_coef), cfg.seed)
+            self.sampler = PLRSampler(self.train_levels, PLRConfig(cfg.plr_temperature, cfg.staleness_coef,
+                                                                   cfg.plr_unseen_until), cfg.seed)
         else:
             self.sampler = DREDBuffer(self.train_levels, DREDConfig(cfg.buffer_size, cfg.plr_temperature,
                                                                     cfg.secondary_temperature, cfg.staleness_coef),
@@ -338,8 +342,13 @@ class UEDTraining:
             self._level_ids = [0] * cfg.num_envs
             self._observations = [self._start_episode(i) for i in range(cfg.num_envs)]
             self._memory = self.net.initial_memory(cfg.num_envs)
+        # PLR's first pass over the training levels only scores them: no gradient step on its rollouts
+        first_pass = isinstance(self.sampler, PLRSampler) and self.sampler.in_first_pass()
         rollout = self._collect()
-        metrics = self._ppo(rollout)
+        metrics = {"episode_return": rollout["episode_return"]} if first_pass else self._ppo(rollout)
+        metrics["gradient_update"] = 0.0 if first_pass else 1.0
+        if isinstance(self.sampler, PLRSampler):
+            metrics["levels_seen_fraction"] = float(self.sampler.seen.mean())
         if self.method == "dred":
             metrics |= self._generate_and_score()
         self.steps_done += cfg.num_envs * cfg.num_steps

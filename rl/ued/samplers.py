@@ -91,14 +91,22 @@ class PLRSampler(UniformSampler):
         if not self.seen.any():
             return np.full(len(self.levels), 1.0 / len(self.levels))
         score_part = rank_weights(np.where(self.seen, self.scores, -np.inf), cfg.temperature)
-        return (1 - cfg.staleness_coef) * score_part + cfg.staleness_coef * staleness_weights(self.last_sampled,
-                                                                                             self.episode)
+        score_part = np.where(self.seen, score_part, 0.0)
+        score_part /= score_part.sum()
+        # staleness over seen levels only (level_sampler.py): an unseen level is not "stale"
+        stale = np.zeros(len(self.levels))
+        stale[self.seen] = staleness_weights(self.last_sampled[self.seen], self.episode)
+        return (1 - cfg.staleness_coef) * score_part + cfg.staleness_coef * stale
+
+    def in_first_pass(self) -> bool:
+        """Still playing unseen levels first (fewer than ``unseen_until`` of them seen)."""
+        return bool((~self.seen).any()) and self.seen.mean() < self.config.unseen_until
 
     def sample(self, n: int) -> list[int]:
         ids = []
         for _ in range(n):
             unseen = np.flatnonzero(~self.seen)
-            if len(unseen) and self.seen.mean() < self.config.unseen_until:
+            if self.in_first_pass():
                 level_id = int(self.rng.choice(unseen))
             else:
                 level_id = int(self.rng.choice(len(self.levels), p=self.weights()))
