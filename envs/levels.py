@@ -207,14 +207,31 @@ def generate_level(structure: str, rng: np.random.Generator, size: int = 13,
     return level
 
 
+LEVEL_SET_STREAMS = {"train": 0, "test": 1, "held_out": 2}
+
+
 def generate_level_set(structures: tuple[str, ...] | list[str], per_structure: int, seed: int,
-                       size: int = 13, progress: bool = False) -> list[Level]:
-    """``per_structure`` levels of each structure, from one seeded generator (same seed, same set)."""
+                       size: int = 13, progress: bool = False, stream: int = 0) -> list[Level]:
+    """``per_structure`` levels of each structure, from one seeded generator (same seed, same set).
+    ``stream`` (LEVEL_SET_STREAMS) gives each set of one build its own random stream, seeded with
+    (seed, stream): sets of adjacent seeds never share a stream (seed + 1 for the test set did: a
+    build with seed 123457 made the shipped test levels again, as a training set)."""
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, stream])
     jobs = [s for s in structures for _ in range(per_structure)]
     return [generate_level(s, rng, size) for s in tqdm(jobs, desc="levels", disable=not progress)]
+
+
+def shared_levels(sets: dict[str, list[Level]]) -> list[tuple[str, str, int]]:
+    """(set a, set b, count) for every pair of sets holding the same level (grid, start and goal)."""
+    def key(level: Level) -> bytes:
+        return level.grid.tobytes() + np.array([*level.start, *level.goal]).tobytes()
+
+    keys = {name: {key(level) for level in levels} for name, levels in sets.items()}
+    names = list(sets)
+    return [(a, b, len(keys[a] & keys[b])) for i, a in enumerate(names) for b in names[i + 1:]
+            if keys[a] & keys[b]]
 
 
 # ---- pictures ------------------------------------------------------------------------------------

@@ -101,23 +101,55 @@ def build_levels(
     train_per_structure: Annotated[int, typer.Option(min=1, help="training levels per training structure")] = 128,
     test_per_structure: Annotated[int, typer.Option(min=1, help="held-out levels per training structure")] = 64,
     held_out_per_structure: Annotated[int, typer.Option(min=1, help="levels per held-out structure")] = 14,
-    seed: Annotated[int, typer.Option(help="generator seed (test: +1, held-out structures: +2)")] = 123456,
+    seed: Annotated[int, typer.Option(help="generator seed; each set draws from its own stream (seed, set)")] = 123456,
+    sets: Annotated[str, typer.Option(help="comma-separated: which of train, test, held_out to build")] =
+    "train,test,held_out",
+    held_out_structures: Annotated[Optional[str], typer.Option(help="comma-separated WFC presets for held_out "
+                                                               "(default: the eight shipped ones)")] = None,
 ) -> None:
-    """Generate the training set, a test set of the same structures and a set of held-out structures."""
+    """Generate the training set, a test set of the same structures and a set of held-out structures;
+    a build whose sets would share a level (with each other or with sets already in --out) stops."""
     from pathlib import Path
 
-    from grp_workbench.envs.levels import HELD_OUT_STRUCTURES, TRAIN_STRUCTURES, generate_level_set, save_levels
+    from grp_workbench.envs.levels import (
+        HELD_OUT_STRUCTURES,
+        LEVEL_SET_STREAMS,
+        TRAIN_STRUCTURES,
+        generate_level_set,
+        load_levels,
+        save_levels,
+        shared_levels,
+    )
+    from grp_workbench.rl import RLError
 
-    plan = [("train", TRAIN_STRUCTURES, train_per_structure, seed),
-            ("test", TRAIN_STRUCTURES, test_per_structure, seed + 1),
-            ("held_out", HELD_OUT_STRUCTURES, held_out_per_structure, seed + 2)]
-    for name, structures, per_structure, set_seed in plan:
+    chosen = [name.strip() for name in sets.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(LEVEL_SET_STREAMS))
+    if unknown:
+        raise RLError(f"--sets {sets!r}: unknown set(s) {', '.join(unknown)}; choose from "
+                      f"{', '.join(LEVEL_SET_STREAMS)}.")
+    held_out = tuple(s.strip() for s in held_out_structures.split(",")) if held_out_structures else HELD_OUT_STRUCTURES
+    plan = {"train": (TRAIN_STRUCTURES, train_per_structure), "test": (TRAIN_STRUCTURES, test_per_structure),
+            "held_out": (held_out, held_out_per_structure)}
+    built, existing = {}, {}
+    for name in LEVEL_SET_STREAMS:
         path = Path(out) / f"{name}.npz"
-        if path.is_file():
-            typer.echo(f"{path} exists; kept (delete it to rebuild)")
+        if name not in chosen or path.is_file():
+            if path.is_file():
+                existing[name] = load_levels(path)
+                if name in chosen:
+                    typer.echo(f"{path} exists; kept (delete it to rebuild)")
             continue
-        levels = generate_level_set(structures, per_structure, set_seed, progress=True)
-        typer.echo(f"{name}: {len(levels)} levels of {', '.join(structures)} -> {save_levels(levels, path)}")
+        structures, per_structure = plan[name]
+        built[name] = generate_level_set(structures, per_structure, seed, progress=True,
+                                         stream=LEVEL_SET_STREAMS[name])
+    overlaps = shared_levels(existing | built)
+    if overlaps:
+        detail = "; ".join(f"{a} and {b} share {n} level(s)" for a, b, n in overlaps)
+        raise RLError(f"level sets would overlap ({detail}): choose another --seed, or rebuild the sets together.")
+    for name, levels in built.items():
+        structures = plan[name][0]
+        typer.echo(f"{name}: {len(levels)} levels of {', '.join(structures)} -> "
+                   f"{save_levels(levels, Path(out) / f'{name}.npz')}")
 
 
 app.add_typer(levels_app, name="levels")

@@ -104,3 +104,25 @@ def test_procgen_adapter_controls_the_level():
     vector = gym.vector.SyncVectorEnv([lambda: gym.make("workbench/Procgen-v0", env_name="maze")] * 2)
     observations, _ = vector.reset(seed=0)
     assert observations.shape == (2, 64, 64, 3)
+
+
+def test_builds_with_adjacent_seeds_share_no_level_and_a_held_out_set_builds_alone(tmp_path):
+    """Each set draws from its own (seed, set) stream: seed + 1's training set is not seed's test set."""
+    from typer.testing import CliRunner
+
+    from grp_workbench.envs.levels import LEVEL_SET_STREAMS, generate_level_set, shared_levels
+    from grp_workbench.harness.cli import app
+
+    structures = ("MazeWall",)
+    test_of_seed = generate_level_set(structures, 4, seed=7, stream=LEVEL_SET_STREAMS["test"])
+    train_of_next = generate_level_set(structures, 4, seed=8, stream=LEVEL_SET_STREAMS["train"])
+    train_of_seed = generate_level_set(structures, 4, seed=7, stream=LEVEL_SET_STREAMS["train"])
+    assert not shared_levels({"test 7": test_of_seed, "train 8": train_of_next, "train 7": train_of_seed})
+    assert shared_levels({"a": train_of_seed, "b": list(train_of_seed)}) == [("a", "b", 4)]
+    out = tmp_path / "sets"
+    result = CliRunner().invoke(app, ["rl", "levels", "build", "--out", str(out), "--sets", "held_out",
+                                      "--held-out-structures", "MazeSimple,Skew2", "--held-out-per-structure", "2"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in out.iterdir()] == ["held_out.npz"]
+    bad = CliRunner().invoke(app, ["rl", "levels", "build", "--out", str(out), "--sets", "valid"])
+    assert "unknown set(s) valid; choose from train, test, held_out" in str(bad.exception)
