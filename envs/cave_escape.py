@@ -17,7 +17,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Floor, Goal, Lava, Wall
 from minigrid.minigrid_env import MiniGridEnv
 
-from grp_workbench.envs.levels import LAVA, MOSS, WALL, Level
+from grp_workbench.envs.levels import LAVA, MOSS, WALL, Level, validate_level
 from grp_workbench.rl import RLError
 
 
@@ -36,6 +36,7 @@ class CaveEscapeEnv(MiniGridEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if options and "level" in options:
             level = options["level"]
+            validate_level(level, "reset(options={'level': ...})")
             if level.grid.shape != self.level.grid.shape:
                 raise RLError(f"level of shape {level.grid.shape} given to an env of shape {self.level.grid.shape}; "
                               "make the env with a level of the same size.")

@@ -22,6 +22,7 @@ import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,19 +105,45 @@ def load_levels(path: str | Path) -> list[Level]:
     if grids.ndim != 3 or starts.shape != (len(grids), 2) or goals.shape != (len(grids), 2):
         raise RLError(f"{path}: grids {grids.shape}, starts {starts.shape}, goals {goals.shape} do not agree; "
                       "expected (N,H,W), (N,2), (N,2).")
-    if grids.size and grids.max() > MOSS:
-        raise RLError(f"{path}: key 'grids' holds cell code {int(grids.max())}; codes are 0 empty, 1 wall, 2 lava, "
-                      "3 moss.")
+    if not len(grids):
+        raise RLError(f"{path} holds no levels; build a level set with `workbench rl levels build`.")
     structures = arrays.get("structures", np.array([""] * len(grids)))
+    if structures.shape != (len(grids),):
+        raise RLError(f"{path}: key 'structures' has shape {structures.shape} for {len(grids)} levels; it needs one "
+                      "name per level (or leave the key out).")
+    check_cell_codes(grids, f"{path}: key 'grids'")  # before Level turns them into uint8
     levels = []
-    h, w = grids.shape[1:]
     for i, (grid, start, goal) in enumerate(zip(grids, starts, goals)):
-        for name, (r, c) in (("starts", start), ("goals", goal)):
-            if not (0 <= r < h and 0 <= c < w) or grid[r, c] not in PASSABLE:
-                raise RLError(f"{path}: level {i}: key '{name}' = ({r}, {c}) is outside the grid or on a wall/lava "
-                              "cell; starts and goals must be on empty or moss cells.")
-        levels.append(Level(grid, tuple(start), tuple(goal), str(structures[i])))
+        level = Level(grid, tuple(int(x) for x in start), tuple(int(x) for x in goal), str(structures[i]))
+        validate_level(level, f"{path}: level {i}")
+        levels.append(level)
     return levels
+
+
+def check_cell_codes(grids: np.ndarray, where: str) -> None:
+    """Cell codes must be the integers 0 empty, 1 wall, 2 lava, 3 moss (no negatives, no floats)."""
+    if not (np.issubdtype(grids.dtype, np.integer) or grids.dtype == bool):
+        raise RLError(f"{where}: cell codes of dtype {grids.dtype}; they are integers 0 empty, 1 wall, 2 lava, 3 moss.")
+    if grids.size and (grids.min() < 0 or grids.max() > MOSS):
+        bad = int(grids.min()) if grids.min() < 0 else int(grids.max())
+        raise RLError(f"{where}: cell code {bad}; codes are 0 empty, 1 wall, 2 lava, 3 moss.")
+
+
+def validate_level(level: Any, where: str = "level") -> None:
+    """One line naming what is wrong with a level: its type, grid shape and codes, start and goal."""
+    if not isinstance(level, Level):
+        raise RLError(f"{where} is a {type(level).__name__}, not a Level (grid, start, goal, structure).")
+    grid = np.asarray(level.grid)
+    if grid.ndim != 2 or grid.size < 2:
+        raise RLError(f"{where}: grid of shape {grid.shape}; a level is a 2-D grid of at least 2 cells.")
+    check_cell_codes(grid, where)
+    for name, cell in (("start", level.start), ("goal", level.goal)):
+        inside = len(cell) == 2 and all(0 <= x < n for x, n in zip(cell, grid.shape))
+        if not inside or grid[tuple(cell)] not in PASSABLE:
+            raise RLError(f"{where}: {name} {tuple(cell)} is outside the grid or on a wall/lava cell; starts and goals "
+                          "must be on empty or moss cells.")
+    if tuple(level.start) == tuple(level.goal):
+        raise RLError(f"{where}: start and goal are the same cell {tuple(level.start)}; place them apart.")
 
 
 # ---- generator -----------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ def evaluate_student(
     from grp_workbench.harness.evaluation import aggregate_mean, stratified_bootstrap_ci
     from grp_workbench.harness.runs import RunDir
     from grp_workbench.rl import RLError
-    from grp_workbench.rl.ued.ppo import METHODS, ActorCritic, level_set_metrics, play, stratified
+    from grp_workbench.rl.ued.ppo import METHODS, ActorCritic, level_set_metrics, play, require_solvable, stratified
 
     run = RunDir(run_dir)
     method = run.header.get("method") if run.exists() else None
@@ -224,7 +224,7 @@ def evaluate_student(
     config = run.header["config"]
     net = ActorCritic(hidden=config["hidden"], recurrent=config.get("recurrent", False))
     net.load_state_dict(state["net"])
-    level_set = stratified(load_levels(levels), limit)
+    level_set = require_solvable(stratified(load_levels(levels), limit), levels)
     env_list = [CaveEscapeEnv(level_set[0], size=level_set[0].grid.shape[0], max_steps=config["max_episode_steps"])
                 for _ in range(16)]
     returns = play(net, env_list, level_set, torch.Generator().manual_seed(seed), greedy=greedy,

@@ -85,7 +85,7 @@ def test_malformed_level_files_name_the_key(tmp_path):
     grid = np.zeros((1, 3, 3), np.uint8)
     grid[0, 0, 0] = WALL
     np.savez(tmp_path / "wall.npz", grids=grid, starts=np.zeros((1, 2), np.int16), goals=np.ones((1, 2), np.int16))
-    with pytest.raises(RLError, match="'starts' = \\(0, 0\\)"):
+    with pytest.raises(RLError, match="level 0: start \\(0, 0\\) is outside the grid or on a wall"):
         load_levels(tmp_path / "wall.npz")
     with pytest.raises(RLError, match="levels build"):
         load_levels(tmp_path / "absent.npz")
@@ -126,3 +126,40 @@ def test_builds_with_adjacent_seeds_share_no_level_and_a_held_out_set_builds_alo
     assert [p.name for p in out.iterdir()] == ["held_out.npz"]
     bad = CliRunner().invoke(app, ["rl", "levels", "build", "--out", str(out), "--sets", "valid"])
     assert "unknown set(s) valid; choose from train, test, held_out" in str(bad.exception)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a: a.update(grids=a["grids"][:0], starts=a["starts"][:0], goals=a["goals"][:0]), "holds no levels"),
+    (lambda a: a.update(structures=np.array(["x"])), "key 'structures' has shape \\(1,\\) for 2 levels"),
+    (lambda a: a["grids"].__setitem__((0, 1, 1), -1), "cell code -1"),
+    (lambda a: a.update(grids=a["grids"].astype(float) + 0.5), "cell codes of dtype float64"),
+    (lambda a: a.update(goals=a["starts"].copy()), "start and goal are the same cell"),
+])
+def test_a_malformed_level_set_is_one_line_naming_the_problem(tmp_path, change, message):
+    from grp_workbench.rl import RLError
+
+    arrays = {"grids": np.zeros((2, 4, 4), np.int64), "starts": np.array([[0, 0], [0, 0]]),
+              "goals": np.array([[3, 3], [3, 3]]), "structures": np.array(["a", "b"])}
+    change(arrays)
+    np.savez(tmp_path / "set.npz", **arrays)
+    with pytest.raises(RLError, match=message):
+        load_levels(tmp_path / "set.npz")
+
+
+def test_reset_with_a_malformed_level_and_an_unsolvable_evaluation_set_are_one_line(tmp_path):
+    from grp_workbench.envs.cave_escape import CaveEscapeEnv
+    from grp_workbench.envs.levels import WALL, Level, save_levels
+    from grp_workbench.rl import RLError
+    from grp_workbench.rl.ued.ppo import require_solvable
+
+    grid = np.zeros((4, 4), np.int64)
+    env = CaveEscapeEnv(Level(grid, (0, 0), (3, 3), "ok"), size=4)
+    with pytest.raises(RLError, match="reset.*start and goal are the same cell"):
+        env.reset(options={"level": Level(grid, (1, 1), (1, 1), "bad")})
+    with pytest.raises(RLError, match="reset.*is a dict, not a Level"):
+        env.reset(options={"level": {"grid": grid}})
+    walled = grid.copy()
+    walled[:, 1] = WALL  # the goal side is cut off
+    path = save_levels([Level(grid, (0, 0), (3, 3), "ok"), Level(walled, (0, 0), (3, 3), "cut")], tmp_path / "e.npz")
+    with pytest.raises(RLError, match="1 of 2 evaluation levels cannot be solved \\(first: level 1\\)"):
+        require_solvable(load_levels(path), path)

@@ -224,6 +224,16 @@ class DRSampler(UniformSampler):
         return list(range(n))
 
 
+def require_solvable(levels: list[Level], source: str | Path) -> list[Level]:
+    """An evaluation set must be solvable level by level: an unsolvable level scores 0 for every
+    policy and only lowers the solved rate (one line naming how many and the first)."""
+    unsolvable = [i for i, level in enumerate(levels) if not is_solvable(level)]
+    if unsolvable:
+        raise RLError(f"{source}: {len(unsolvable)} of {len(levels)} evaluation levels cannot be solved (first: level "
+                      f"{unsolvable[0]}); remove them or rebuild the set.")
+    return levels
+
+
 def stratified(levels: list[Level], limit: int) -> list[Level]:
     """``limit`` levels with the same number from every structure (the first ones of each, in the
     set's order), or all levels when ``limit`` is 0. Level sets are stored in structure order, so
@@ -325,7 +335,7 @@ class UEDTraining:
         sets = {}
         for item in spec.split(","):
             name, _, path = item.partition("=")
-            sets[name] = stratified(load_levels(path), self.config.eval_limit)
+            sets[name] = require_solvable(stratified(load_levels(path), self.config.eval_limit), path)
         return sets
 
     def _start_episode(self, i: int) -> dict:
