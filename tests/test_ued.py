@@ -316,3 +316,25 @@ def test_plr_first_pass_has_no_gradient_step_and_staleness_ignores_unseen_levels
     weights = sampler.weights()
     assert weights[2:].sum() == 0.0  # unseen levels get neither score nor staleness weight
     assert weights == pytest.approx(0.7 * np.array([1 / 3, 2 / 3, 0, 0]) + 0.3 * np.array([3 / 5, 2 / 5, 0, 0]))
+
+
+def test_generated_levels_are_scored_over_a_full_rollout_with_resets(tmp_path, one_thread):
+    """The official scoring: num_steps steps on each level, reset to it when an episode ends; the best
+    finished return (0 when none finished) grounds the score."""
+    from grp_workbench.envs.levels import save_levels
+    from grp_workbench.harness.config import build_config
+    from grp_workbench.harness.device import make_policy
+    from grp_workbench.rl.ued.ppo import SPECS, UEDTraining
+
+    open_grid = np.zeros((3, 3), dtype=np.uint8)
+    walled = open_grid.copy()
+    walled[:, 1] = WALL
+    easy, impossible = Level(open_grid, (1, 0), (1, 1), "easy"), Level(walled, (1, 0), (1, 2), "walled")
+    path = save_levels([easy], tmp_path / "train.npz")
+    spec = SPECS["uniform"]
+    config = build_config(spec.config_cls, spec.presets, "tiny", {
+        "levels": str(path), "eval_levels": f"x={path}", "num_envs": 2, "num_steps": 64, "max_episode_steps": 8})
+    student = UEDTraining(config, make_policy("cpu", "fp32"), method="uniform")
+    returns, scores = student._evaluate_for_scores([easy, impossible])
+    assert returns[0] > 0 and returns[1] == 0.0  # the goal next to the start is reached within 64 steps
+    assert all(np.isfinite(scores)) and len(scores) == 2

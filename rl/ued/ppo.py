@@ -456,32 +456,42 @@ class UEDTraining:
                 "replay_dataset_mass": self.sampler.dataset_mass()}
 
     def _evaluate_for_scores(self, levels: list[Level]) -> tuple[list[float], list[float]]:
-        """One episode per level with the current policy; score = mean |TD(λ) advantage| along it."""
+        """Score generated levels as the official runner does: one rollout of ``num_steps`` steps on
+        each level at once (an environment per level, reset to the same level whenever an episode
+        ends), no gradient update; a level's score is the mean |GAE(λ) advantage| over its rollout,
+        bootstrapped from the last value, and its return the best finished episode (0 if none)."""
         cfg = self.config
-        size = levels[0].grid.shape[0]
-        env = CaveEscapeEnv(levels[0], size=size, max_steps=cfg.max_episode_steps)
-        returns, scores = [], []
-        for level in levels:
-            obs, _ = env.reset(seed=int(torch.randint(2**31 - 1, (1,), generator=self.generator)),
-                               options={"level": level})
-            values, rewards, done = [], [], False
-            memory = self.net.initial_memory(1)
-            while not done:
-                with torch.no_grad():
-                    logits, value, memory = self.net(*encode_observations([obs]), memory)
-                action = int(torch.distributions.Categorical(logits=logits).sample())
-                obs, reward, terminated, truncated, _ = env.step(action)
-                values.append(float(value))
-                rewards.append(reward)
-                done = terminated or truncated
-            values.append(0.0)
-            gae, magnitudes = 0.0, []
-            for t in reversed(range(len(rewards))):
-                delta = rewards[t] + cfg.gamma * values[t + 1] - values[t]
-                gae = delta + cfg.gamma * cfg.gae_lambda * gae
-                magnitudes.append(abs(gae))
-            returns.append(float(sum(rewards)))
-            scores.append(float(np.mean(magnitudes)))
+        scoring_envs = [CaveEscapeEnv(level, size=level.grid.shape[0], max_steps=cfg.max_episode_steps)
+                        for level in levels]
+
+        def reset(i: int) -> dict:
+            return scoring_envs[i].reset(seed=int(torch.randint(2**31 - 1, (1,), generator=self.generator)),
+                                 options={"level": levels[i]})[0]
+
+        observations = [reset(i) for i in range(len(levels))]
+        memory = self.net.initial_memory(len(levels))
+        rewards, values, dones = (torch.zeros(cfg.num_steps, len(levels)) for _ in range(3))
+        running, best = np.zeros(len(levels)), np.full(len(levels), -np.inf)
+        for t in range(cfg.num_steps):
+            with torch.no_grad():
+                logits, value, memory = self.net(*encode_observations(observations), memory)
+            actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).squeeze(-1)
+            values[t] = value
+            for i, env in enumerate(scoring_envs):
+                observations[i], reward, terminated, truncated, _ = env.step(int(actions[i]))
+                rewards[t, i] = reward
+                running[i] += reward
+                if terminated or truncated:
+                    dones[t, i] = 1.0
+                    best[i] = max(best[i], running[i])
+                    running[i] = 0.0
+                    observations[i] = reset(i)
+            memory = forget_ended(memory, dones[t])
+        with torch.no_grad():
+            _, last_value, _ = self.net(*encode_observations(observations), memory)
+        advantages = compute_gae(rewards, values, dones, last_value, cfg.gamma, cfg.gae_lambda)
+        scores = advantages.abs().mean(0).tolist()
+        returns = np.where(np.isfinite(best), best, 0.0).tolist()
         return returns, scores
 
     def evaluate(self) -> dict[str, float]:
