@@ -100,12 +100,13 @@ def build_levels(
     out: Annotated[str, typer.Option(help="folder for train.npz, test.npz, held_out.npz")] = "envs/level_sets",
     train_per_structure: Annotated[int, typer.Option(min=1, help="training levels per training structure")] = 128,
     test_per_structure: Annotated[int, typer.Option(min=1, help="held-out levels per training structure")] = 64,
-    held_out_per_structure: Annotated[int, typer.Option(min=1, help="levels per held-out structure")] = 14,
+    held_out_per_structure: Annotated[int, typer.Option(min=1, help="levels per held-out structure (the "
+                                                        "paper's 8)")] = 8,
     seed: Annotated[int, typer.Option(help="generator seed; each set draws from its own stream (seed, set)")] = 123456,
     sets: Annotated[str, typer.Option(help="comma-separated: which of train, test, held_out to build")] =
     "train,test,held_out",
     held_out_structures: Annotated[Optional[str], typer.Option(help="comma-separated WFC presets for held_out "
-                                                               "(default: the eight shipped ones)")] = None,
+                                                               "(default: the paper's 14)")] = None,
 ) -> None:
     """Generate the training set, a test set of the same structures and a set of held-out structures;
     a build whose sets would share a level (with each other or with sets already in --out) stops."""

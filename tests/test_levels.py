@@ -163,3 +163,15 @@ def test_reset_with_a_malformed_level_and_an_unsolvable_evaluation_set_are_one_l
     path = save_levels([Level(grid, (0, 0), (3, 3), "ok"), Level(walled, (0, 0), (3, 3), "cut")], tmp_path / "e.npz")
     with pytest.raises(RLError, match="1 of 2 evaluation levels cannot be solved \\(first: level 1\\)"):
         require_solvable(load_levels(path), path)
+
+
+def test_the_start_sits_at_the_median_shortest_path_distance_from_the_goal():
+    from grp_workbench.envs.levels import PASSABLE, distances_from, generate_level
+
+    rng = np.random.default_rng(0)
+    for structure in ("MazeWall", "ObstaclesHogs3"):
+        level = generate_level(structure, rng)
+        distance = distances_from(level.grid, level.goal)
+        reach = distance[np.isin(level.grid, PASSABLE) & (distance > 0)]
+        gap = np.abs(reach - np.median(reach)).min()
+        assert abs(distance[level.start] - np.median(reach)) == gap  # the cell nearest the median distance
