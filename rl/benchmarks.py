@@ -410,6 +410,36 @@ def _solved_curves_figure(runs: dict[tuple[str, int], RunDir], path: Path) -> No
     plt.close(fig)
 
 
+def _buffer_figure(dred_runs: dict[int, RunDir], path: Path) -> Path | None:
+    """Per DRED seed, over training: generated levels proposed and admitted per update, the solvable
+    share of the proposals, and the probability the replay distribution gives the training levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("generated_kept", "admitted per update"), ("generated_solvable", "solvable share of proposals"),
+              ("replay_dataset_mass", "replay mass on training levels"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+    drawn = False
+    for seed, run in sorted(dred_runs.items()):
+        rows = [r for r in run.read_metrics("train") if "generated_kept" in r]
+        for ax, (key, label) in zip(axes, panels):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), label=f"seed {seed}")
+                ax.set(xlabel="environment steps", ylabel=label)
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _level_notes(options: BenchOptions) -> str:
     budget = LEVEL_BUDGETS[options.budget]
     config = _level_cells(options)[0].config
@@ -444,8 +474,12 @@ def _level_extra(options: BenchOptions, cells: list[Cell], records: list[dict[st
             f"test {final.get('test/cell_accuracy', float('nan')):.3f}; decoded prior samples solvable "
             f"{final['prior_samples/solvable']:.2f}.\n\nHow close each level source is to the 512 training levels:"
             "\n\n" + level_closeness(dred)))
+    if dred:
+        _buffer_figure(dred, out / "buffer.png")
     parts = [figure_link(out / "curves.png", "solved rate during training", out),
-             figure_link(out / "levels.png", "training levels beside DRED's generated levels", out)]
+             figure_link(out / "levels.png", "training levels beside DRED's generated levels", out),
+             figure_link(out / "buffer.png", "DRED's buffer per update: generated levels admitted, their "
+                         "solvable share, and the replay distribution's mass on training levels", out)]
     if (out / "levels.md").is_file():  # kept from the run that measured it when the runs are elsewhere
         parts.append((out / "levels.md").read_text().split("\n", 2)[2])
     return "\n".join(p for p in parts if p)

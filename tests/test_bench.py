@@ -330,3 +330,5 @@ def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, re
     readme = (Path(ref_options.out) / "README.md").read_text()
     assert "Status: PARTIAL" in readme or "Status: complete" in readme
     assert "Claims of the paper and the direction measured here" in readme
+    if suite_name == "level_generation":  # DRED's buffer statistics, drawn from its run's logs
+        assert (Path(ref_options.out) / "buffer.png").is_file() and "buffer.png" in readme
