@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SUITE ?= mnist_classifier
+
 
 .PHONY: demo test test-all bench lock procgen clean
 
@@ -28,11 +28,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""
 
-# One suite on the shared runner (`make bench SUITE=offline_rl ARGS="--dry-run"`), or every suite
-# (SUITE=all, the default), then reports/all/index.md.
-SUITE ?= all
+# One suite on the shared runner (`make bench SUITE=offline_rl ARGS="--dry-run"`), every suite
+# (SUITE=all: hours of CPU, then reports/all/index.md); without SUITE, the list of suites.
 bench: $(STAMP)
-	$(BIN)/workbench bench $(SUITE) $(ARGS)
+	$(BIN)/workbench bench $(if $(SUITE),$(SUITE) $(ARGS),--list)
 
 # Rewrite the lock from the current venv (after changing dependencies in pyproject.toml).
 lock: $(STAMP)
