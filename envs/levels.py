@@ -260,12 +260,14 @@ def generate_level_set(structures: tuple[str, ...] | list[str], per_structure: i
     return [generate_level(s, rng, size) for s in tqdm(jobs, desc="levels", disable=not progress)]
 
 
+def level_key(level: Level) -> bytes:
+    """A level's content (grid, start, goal), for recognising copies whatever their label."""
+    return level.grid.tobytes() + bytes(level.grid.shape) + np.array([*level.start, *level.goal]).tobytes()
+
+
 def shared_levels(sets: dict[str, list[Level]]) -> list[tuple[str, str, int]]:
     """(set a, set b, count) for every pair of sets holding the same level (grid, start and goal)."""
-    def key(level: Level) -> bytes:
-        return level.grid.tobytes() + np.array([*level.start, *level.goal]).tobytes()
-
-    keys = {name: {key(level) for level in levels} for name, levels in sets.items()}
+    keys = {name: {level_key(level) for level in levels} for name, levels in sets.items()}
     names = list(sets)
     return [(a, b, len(keys[a] & keys[b])) for i, a in enumerate(names) for b in names[i + 1:]
             if keys[a] & keys[b]]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, paper_table
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, paper_table
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.evaluation import summarize
 from grp_workbench.harness.runs import RunDir
@@ -241,16 +241,11 @@ def _gi_tables(records: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
-def _gi_mean(records: list[dict], attack: str, task: str) -> float | None:
-    values = [r["metrics"]["psnr"] for r in records if (r["method"], r["task"]) == (attack, task)]
-    return summarize(values)["iqm"] if values else None
-
-
 def _gifd_beats_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: searching the generator's intermediate feature domains beats GGL (latent only)
     and generator-free IG."""
     task = "bs1-untrained-indist-none"
-    psnr = {a: _gi_mean(records, a, task) for a in ("ig", "ggl", "gifd")}
+    psnr = {a: cell_iqm(records, a, task, "psnr") for a in ("ig", "ggl", "gifd")}
     if any(v is None for v in psnr.values()):
         return "GIFD > GGL and IG in PSNR (paper, bs 1): not measured yet."
     order = sorted(psnr, key=psnr.get, reverse=True)
@@ -263,7 +258,7 @@ def _gifd_ood_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: its advantage holds when the prior was trained on other data than the clients'."""
     parts = []
     for state in ("untrained", "trained"):
-        gifd, ggl = (_gi_mean(records, a, f"bs1-{state}-ood-none") for a in ("gifd", "ggl"))
+        gifd, ggl = (cell_iqm(records, a, f"bs1-{state}-ood-none", "psnr") for a in ("gifd", "ggl"))
         if gifd is not None and ggl is not None:
             ahead = "GIFD ahead" if gifd > ggl else "GGL ahead"
             parts.append(f"{state}: GIFD {gifd:.1f} vs GGL {ggl:.1f} dB ({ahead})")

@@ -240,6 +240,14 @@ def cell_records(suite: Suite, options: BenchOptions, cell: Cell) -> list[dict[s
     return records
 
 
+def cell_iqm(records: list[dict[str, Any]], method: str, task: str, metric: str) -> float | None:
+    """IQM over seeds of ``metric`` for one (method, task) of a suite's records; None if none has it
+    (what a claim line compares)."""
+    values = [r["metrics"][metric] for r in records
+              if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+    return summarize(values)["iqm"] if values else None
+
+
 def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], tasks: list[str]) -> str:
     """Rows = methods, columns = tasks, cells = IQM [95% CI] (n) of ``metric`` over seeds."""
     from grp_workbench.harness.report import fmt
@@ -311,10 +319,11 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
         opening += ["Claims of the paper and the direction measured here:", ""]
         opening += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
     notes = suite.notes(options)
+    origins = carried_origins(previous) if carried else []
     if carried:
+        where = "; ".join(f"commit {o['git_commit']}, {o['date']}" for o in origins)
         notes += (f" {len(carried)} of the {len(cells)} cells are carried over from the previous results.json "
-                  f"(commit {previous.get('git_commit', 'unknown')}, {previous.get('date', '')}); their runs are not "
-                  "under this run root.")
+                  f"(measured at {where}); their runs are not under this run root.")
     if status != "complete":
         notes = f"{status}. {notes}"
     extra = suite.extra_markdown(options, cells, records)
@@ -324,7 +333,18 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
                   f"never rewrites it.*\n\n{analysis.read_text()}")
     return write_results(suite.out_dir(options), suite.name, command, records, notes=notes,
                          extra_markdown=extra, opening="\n".join(opening),
-                         machine=previous.get("machine") if not done else None)  # measured there, not here
+                         machine=previous.get("machine") if not done else None,  # measured there, not here
+                         extra_fields={"records_from": origins, "measured_here": bool(done)})
+
+
+def carried_origins(previous: dict[str, Any]) -> list[dict[str, str]]:
+    """Where the records of an earlier results.json were measured: the commits of the writes that
+    measured them, kept through any number of rewrites that only carried them over (a rewrite's own
+    commit is not where a carried record came from)."""
+    origins = list(previous.get("records_from", []))
+    if previous.get("measured_here", "records_from" not in previous):  # that write measured records itself
+        origins.append({"git_commit": previous.get("git_commit", "unknown"), "date": previous.get("date", "")})
+    return [dict(t) for t in dict.fromkeys(tuple(o.items()) for o in origins)]
 
 
 # ---- executors -------------------------------------------------------------------------------------

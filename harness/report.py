@@ -284,13 +284,13 @@ def portable(text: str) -> str:
 
 def write_results(out_dir: str | os.PathLike, suite: str, command: str, records: list[dict[str, Any]],
                   notes: str = "", reps: int = 2000, extra_markdown: str = "", opening: str = "",
-                  machine: dict[str, Any] | None = None) -> Path:
+                  machine: dict[str, Any] | None = None, extra_fields: dict[str, Any] | None = None) -> Path:
     """Benchmark results in the common format (../shared/DESIGN.md), plus a README rendered from them.
 
     ``records``: ``{"method", "task", "seed", "metrics": {name: value}}`` rows, one per cell.
     ``opening``: what the README shows first, under its title (the paper-style table and claims).
     ``machine``: where the records were measured, when not on this machine (a report rewritten from
-    records measured elsewhere).
+    records measured elsewhere). ``extra_fields``: more top-level keys of results.json (provenance).
     """
     if not records:
         raise HarnessError(f"benchmark {suite!r} has no records to write; did every cell fail?")
@@ -306,7 +306,8 @@ def write_results(out_dir: str | os.PathLike, suite: str, command: str, records:
                         "ci95": stats["iqm_ci95"], "mean": stats["mean"], "std": stats["std"]})
     out_dir = Path(out_dir)
     results = {"suite": suite, "command": command, "git_commit": git_commit(ignore=out_dir), "date": now_iso(),
-               "machine": machine or machine_info(), "notes": notes, "records": records, "summary": summary}
+               "machine": machine or machine_info(), "notes": notes, "records": records, "summary": summary,
+               **(extra_fields or {})}
     atomic_write_json(out_dir / "results.json", results)
     table_rows = [{**row, "ci_text": "[{}, {}]".format(*map(fmt, row["ci95"]))} for row in summary]
     # the paper-style table and claims first, then how it was run, figures and analyses, and the full

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.runs import RunDir
 from grp_workbench.recsys.train import SPECS
@@ -87,18 +87,11 @@ def _tables(records: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
-def _robust_iqm(records: list[dict[str, Any]], defense: str, task: str, metric: str) -> float | None:
-    from grp_workbench.harness.evaluation import summarize
-
-    values = [r["metrics"][metric] for r in records if (r["method"], r["task"]) == (defense, task)]
-    return summarize(values)["iqm"] if values else None
-
-
 def _vat_claim(records: list[dict[str, Any]]) -> str:
     """VAT's claim: lower target hit ratio under poisoning than no defense and than APR."""
     rows, wins, compared = [], 0, 0
     for task in sorted({r["task"] for r in records if not r["task"].endswith("-none")}):
-        score = {d: _robust_iqm(records, d, task, "t_hr@50") for d in ("none", "apr", "vat")}
+        score = {d: cell_iqm(records, d, task, "t_hr@50") for d in ("none", "apr", "vat")}
         if any(v is None for v in score.values()):
             continue
         compared += 1
@@ -118,7 +111,7 @@ def _recall_claim(records: list[dict[str, Any]]) -> str:
     rows = []
     for model in MODELS:
         task = next((r["task"] for r in records if r["task"].endswith(f"-{model}-none")), None)
-        vat, none = (_robust_iqm(records, d, task, "recall@20") if task else None for d in ("vat", "none"))
+        vat, none = (cell_iqm(records, d, task, "recall@20") if task else None for d in ("vat", "none"))
         if vat is not None and none is not None:
             rows.append(f"{model}: VAT {vat:.4f} vs none {none:.4f} ({vat / none - 1:+.1%})")
     if not rows:

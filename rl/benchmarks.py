@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, figure_link, paper_table
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, figure_link, paper_table
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize
@@ -163,11 +163,9 @@ def _medium_replay_claim(records: list[dict]) -> str:
     """A2PR's paper reports its largest gains over TD3+BC on the medium-replay datasets."""
     wins, compared = [], 0
     for task in (t for t in OFFLINE_TASKS if t.endswith("medium-replay")):
-        scores = {m: [r["metrics"]["normalized_score_last"] for r in records if (r["method"], r["task"]) == (m, task)]
-                  for m in ("a2pr", "td3bc")}
-        if all(scores.values()):
+        iqm = {m: cell_iqm(records, m, task, "normalized_score_last") for m in ("a2pr", "td3bc")}
+        if None not in iqm.values():
             compared += 1
-            iqm = {m: summarize(v)["iqm"] for m, v in scores.items()}
             wins.append(f"{task} {iqm['a2pr']:.1f} vs {iqm['td3bc']:.1f}")
             wins[-1] += " (A2PR ahead)" if iqm["a2pr"] > iqm["td3bc"] else " (TD3+BC ahead)"
     if not compared:
@@ -186,11 +184,10 @@ def _beyond_cloning_claim(records: list[dict]) -> str:
     for method in ("td3bc", "a2pr"):
         ahead, compared = 0, 0
         for task in OFFLINE_TASKS:
-            scores = {m: [r["metrics"]["normalized_score_last"] for r in records
-                          if (r["method"], r["task"]) == (m, task)] for m in (method, "bc")}
-            if all(scores.values()):
+            ours, control = (cell_iqm(records, m, task, "normalized_score_last") for m in (method, "bc"))
+            if ours is not None and control is not None:
                 compared += 1
-                ahead += summarize(scores[method])["iqm"] > summarize(scores["bc"])["iqm"]
+                ahead += ours > control
         if compared:
             rows.append(f"{method} above BC on {ahead} of {compared} datasets")
     if not rows:
@@ -204,10 +201,8 @@ def _long_budget_claim(records: list[dict]) -> str:
     suffix = f"-{LONG_BUDGETS['cpu']['steps'] // 1000}k"
     rows = []
     for task in (t + suffix for t in LONG_TASKS if t.endswith("medium-replay")):
-        scores = {m: [r["metrics"]["normalized_score_lastk"] for r in records if (r["method"], r["task"]) == (m, task)]
-                  for m in ("a2pr", "td3bc")}
-        if all(scores.values()):
-            iqm = {m: summarize(v)["iqm"] for m, v in scores.items()}
+        iqm = {m: cell_iqm(records, m, task, "normalized_score_lastk") for m in ("a2pr", "td3bc")}
+        if None not in iqm.values():
             rows.append(f"{task} {iqm['a2pr']:.1f} vs {iqm['td3bc']:.1f}")
     if not rows:
         return (f"A2PR > TD3+BC on medium-replay at {LONG_BUDGETS['cpu']['steps'] // 1000}k steps: not measured yet "
@@ -485,16 +480,11 @@ def _level_extra(options: BenchOptions, cells: list[Cell], records: list[dict[st
     return "\n".join(p for p in parts if p)
 
 
-def _iqm(records: list[dict], method: str, task: str, metric: str) -> float | None:
-    values = [r["metrics"][metric] for r in records if (r["method"], r["task"]) == (method, task)]
-    return summarize(values)["iqm"] if values else None
-
-
 def _dred_claim(records: list[dict]) -> str:
     """DRED's abstract: significant zero-shot improvements over adaptive level sampling (PLR) and UED."""
     parts, verdicts = [], []
     for task in ("cave_escape-in_dist", "cave_escape-held_out_structures"):
-        scores = {m: _iqm(records, m, task, "solved_rate") for m in UED_METHODS}
+        scores = {m: cell_iqm(records, m, task, "solved_rate") for m in UED_METHODS}
         if scores["dred"] is None or any(v is None for v in scores.values()):
             return ("DRED > PLR, uniform and DR in zero-shot transfer (paper): not every method has finished "
                     f"{task} yet.")
@@ -598,7 +588,7 @@ def _procgen_extra(options: BenchOptions, cells: list[Cell], records: list[dict[
 
 
 def _plr_claim(records: list[dict]) -> str:
-    plr, uniform = (_iqm(records, m, "procgen-maze-test_levels", "return") for m in ("plr", "uniform"))
+    plr, uniform = (cell_iqm(records, m, "procgen-maze-test_levels", "return") for m in ("plr", "uniform"))
     if plr is None or uniform is None:
         return "PLR > uniform level sampling in test return (paper, 25M steps): not measured yet."
     return (f"PLR > uniform level sampling in test return (paper, 25M steps): measured PLR {plr:.2f} vs uniform "
@@ -795,9 +785,11 @@ def _speed_extra(options: BenchOptions, cells: list[Cell], records: list[dict[st
     """The profile of the run here (kept as profile.md beside the results for a report rewritten elsewhere)."""
     import json
 
+    from grp_workbench.harness.bench import is_done
+
     out = OFFLINE_RL_SPEED.out_dir(options)
     measured = OFFLINE_RL_SPEED.run_root(options) / cells[0].run / "profile.json"
-    if measured.is_file() and is_done_speed(options, cells[0]):
+    if measured.is_file() and is_done(OFFLINE_RL_SPEED, options, cells[0]):
         profile = json.loads(measured.read_text())
         categories = sorted({c for p in profile.values() for c in p["shares"]})
         lines = ["# Where an update's time goes", "",
@@ -814,12 +806,6 @@ def _speed_extra(options: BenchOptions, cells: list[Cell], records: list[dict[st
     if not (out / "profile.md").is_file():
         return ""
     return (out / "profile.md").read_text().replace("# Where", "## Where", 1)
-
-
-def is_done_speed(options: BenchOptions, cell: Cell) -> bool:
-    from grp_workbench.harness.bench import is_done
-
-    return is_done(OFFLINE_RL_SPEED, options, cell)
 
 
 OFFLINE_RL_SPEED = Suite(

@@ -259,6 +259,16 @@ def test_rewriting_results_keeps_the_records_of_cells_run_elsewhere(tmp_path):
     readme = (Path(options.out) / "README.md").read_text()
     assert "Status: complete." in readme
     assert "1 of the 8 cells are carried over from the previous results.json" in readme
+    # a carried record keeps where it was measured through any number of rewrites, not the rewrite's commit
+    first = json.loads((Path(options.out) / "results.json").read_text())
+    assert first["records_from"] and first["measured_here"] is True  # 7 cells measured here, 1 carried
+    # a later rewrite that only carried records over (measured nothing) is not where any record came from
+    (Path(options.out) / "results.json").write_text(json.dumps({**first, "git_commit": "rewrite", "date": "later",
+                                                                "measured_here": False}))
+    write_suite_results(TOY_SUITE, options, "test")
+    again = json.loads((Path(options.out) / "results.json").read_text())
+    assert again["records_from"] == first["records_from"] and again["measured_here"] is True
+    assert "rewrite" not in (Path(options.out) / "README.md").read_text()
 
 
 def _measure_toy(cell, folder):

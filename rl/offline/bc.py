@@ -22,7 +22,7 @@ import torch
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
 from grp_workbench.rl.offline.common import OfflineAlgorithm, OfflineConfig, offline_inputs, task_name
-from grp_workbench.rl.offline.td3bc import Actor
+from grp_workbench.rl.offline.td3bc import PRESETS, Actor  # the same budgets
 
 
 class BC(OfflineAlgorithm):
@@ -48,12 +48,6 @@ class BC(OfflineAlgorithm):
         self.actor_optimizer.step()
         return {"bc_mse": per_member.mean().item()}
 
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "quick": {"total_steps": 50_000, "eval_every": 5000, "checkpoint_every": 10_000},
-    "tiny": {"total_steps": 500, "eval_every": 250, "log_every": 50, "checkpoint_every": 250, "eval_episodes": 2},
-}
 
 SPEC = MethodSpec(name="bc", config_cls=OfflineConfig, presets=PRESETS, build=BC, task=task_name,
                   inputs=offline_inputs, precisions=("fp32",))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grp_workbench.envs.levels import Level
+from grp_workbench.envs.levels import Level, level_key
 from grp_workbench.rl import RLError
 
 
@@ -137,11 +137,6 @@ class _Entry:
     last_sampled: int = 0
     seen: bool = False
     parents: tuple[int, int] = field(default=(-1, -1))
-
-
-def level_key(level: Level) -> bytes:
-    """A level's content (grid, start, goal), for recognising copies whatever their label."""
-    return level.grid.tobytes() + bytes(level.grid.shape) + np.array([*level.start, *level.goal]).tobytes()
 
 
 class DREDBuffer:
