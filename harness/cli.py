@@ -148,7 +148,10 @@ def train_command(spec: "MethodSpec"):
                 else "error")
         summary = train(spec, config, str(target), preset, if_exists=mode, quiet=quiet)
         metric = summary["main_metric"]
-        scores = (f"{metric} {summary['final'][metric]:.4f} (best {summary['best'][metric]:.4f})"
+        best = (f"best {summary['best'][metric]:.4f} at step {summary['best']['step']}" if metric in summary["best"]
+                else "no best: no validation split")
+        stopped = f", stopped early at step {summary['stopped_early']}" if summary.get("stopped_early") else ""
+        scores = (f"{metric} {summary['final'][metric]:.4f} ({best}{stopped})"
                   if metric in summary["final"] else "no evaluation yet")
         typer.echo(f"{summary['status']}: {target} step {summary['step']}, {scores}, "
                    f"{summary['throughput']['steps_per_s']:.1f} steps/s")

@@ -7,7 +7,10 @@ A method hands the trainer an object that follows ``Algorithm``:
   online method collects a rollout and updates, and reports how many environment steps that took
   under the key ``"steps"``. The trainer counts steps in that unit.
 * ``evaluate()`` returns evaluation metrics; ``main_metric`` names the one shown in the progress
-  bar and used to pick the best evaluation (``higher_is_better`` says which way is better).
+  bar and used to pick the best evaluation (``higher_is_better`` says which way is better). An
+  algorithm whose main metric is a test metric sets ``selects_best = False`` (no best is kept: a
+  best chosen on test is not a result), and one with ``early_stop_evals = N > 0`` stops after N
+  evaluations without a better main metric (the summary's ``stopped_early`` is that step).
 * ``state_dict()`` / ``load_state_dict()`` hold everything needed to continue (networks,
   optimizers, private generators, buffers). The trainer adds the global RNG state and its own
   counters, so a killed run resumed from its last checkpoint finishes exactly like an
@@ -76,6 +79,7 @@ class _Progress:
     last_eval_step: int = -1
     best_eval: dict[str, float] = field(default_factory=dict)
     best_step: int = -1
+    stopped_early: int = -1  # step at which early stopping ended the run (-1: it did not)
     train_sums: dict[str, float] = field(default_factory=dict)
     train_count: int = 0  # updates since the last log
     # updates that produced each metric since the last log: a metric an update reports only now and
@@ -121,7 +125,7 @@ class Trainer:
         log_lines = bar.disable and not self.quiet
         next_line = time.monotonic() + PROGRESS_LINE_SECONDS
         try:
-            while p.step < cfg.total_steps and not self._stop_requested:
+            while p.step < cfg.total_steps and not self._stop_requested and p.stopped_early < 0:
                 before = p.step
                 t0 = time.perf_counter()
                 metrics = dict(self.algorithm.update())
@@ -136,8 +140,11 @@ class Trainer:
                     self._evaluate()
                     postfix[f"eval_{self.algorithm.main_metric}"] = f"{p.last_eval[self.algorithm.main_metric]:.4g}"
                     bar.set_postfix(postfix, refresh=False)
+                    if self._no_recent_improvement():
+                        p.stopped_early = p.step
                 p.wall_seconds = wall_before + time.perf_counter() - start
-                if _crossed(before, p.step, cfg.checkpoint_every) or p.step >= cfg.total_steps:
+                if (_crossed(before, p.step, cfg.checkpoint_every) or p.step >= cfg.total_steps
+                        or p.stopped_early >= 0):
                     self._checkpoint()
                 bar.update(p.step - before)
                 if log_lines and time.monotonic() >= next_line:
@@ -194,8 +201,14 @@ class Trainer:
         self.run.log(p.step, "eval", metrics)
         p.last_eval, p.last_eval_step = metrics, p.step
         sign = 1 if self.algorithm.higher_is_better else -1
-        if not p.best_eval or sign * metrics[main] > sign * p.best_eval[main]:
+        if getattr(self.algorithm, "selects_best", True) and (
+                not p.best_eval or sign * metrics[main] > sign * p.best_eval[main]):
             p.best_eval, p.best_step = metrics, p.step
+
+    def _no_recent_improvement(self) -> bool:
+        patience = getattr(self.algorithm, "early_stop_evals", 0)
+        p = self.progress
+        return bool(patience) and p.best_step >= 0 and p.step - p.best_step >= patience * self.config.eval_every
 
     def _checkpoint(self) -> None:
         state = {
@@ -232,6 +245,7 @@ class Trainer:
             "higher_is_better": self.algorithm.higher_is_better,
             "final": {"step": p.last_eval_step, **p.last_eval},
             "best": {"step": p.best_step, **p.best_eval},
+            "stopped_early": p.stopped_early if p.stopped_early >= 0 else None,
             "throughput": {
                 "steps_per_s": p.step / max(p.update_seconds, 1e-9),
                 "updates_per_s": p.updates / max(p.update_seconds, 1e-9),

@@ -284,7 +284,7 @@ UED_METHODS = ("dr", "uniform", "plr", "dred")
 # of each set, the learning rate and entropy bonus the CPU budget needed (rl/ued/README.md)
 LEVEL_BUDGETS = {
     "cpu": {"preset": "quick", "student": {"total_steps": 400_000, "eval_every": 100_000, "checkpoint_every": 100_000,
-                                           "eval_limit": 64, "lr": 0.0005, "entropy_coef": 0.01},
+                                           "eval_limit": 112, "lr": 0.0005, "entropy_coef": 0.01},
             "vae_preset": "paper", "vae": {"total_steps": 3000, "eval_every": 3000}},
     "paper": {"preset": "paper", "student": {}, "vae_preset": "paper", "vae": {}},
     "tiny": {"preset": "tiny", "student": {}, "vae_preset": "tiny", "vae": {}},  # seconds: a smoke test

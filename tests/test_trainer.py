@@ -155,3 +155,18 @@ def test_a_benchmark_cell_stops_the_benchmark_when_its_run_was_interrupted(tmp_p
     monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: {"status": "interrupted", "step": 7})
     with pytest.raises(SystemExit, match="interrupted at step 7.*run the same command again"):
         trainer.train_cell(TOY_SPEC, _config(), str(tmp_path / "b"), "tiny")
+
+
+def test_no_best_without_selection_and_early_stopping_after_patience(tmp_path, monkeypatch):
+    # selects_best = False: the main metric is a test metric, so no best is kept
+    monkeypatch.setattr(ToyRegression, "selects_best", False, raising=False)
+    summary = train(TOY_SPEC, _config(), tmp_path / "no-best", "paper", quiet=True)
+    assert summary["best"] == {"step": -1} and summary["stopped_early"] is None and summary["step"] == 60
+    monkeypatch.setattr(ToyRegression, "selects_best", True, raising=False)
+    # a metric that never improves after the first evaluation stops two evaluations later
+    original_evaluate = ToyRegression.evaluate
+    monkeypatch.setattr(ToyRegression, "early_stop_evals", 2, raising=False)
+    monkeypatch.setattr(ToyRegression, "evaluate", lambda self: {**original_evaluate(self), "neg_mse": -1.0})
+    stopped = train(TOY_SPEC, _config(), tmp_path / "stopped", "paper", quiet=True)
+    assert stopped["status"] == "finished" and stopped["stopped_early"] == 30 and stopped["step"] == 30
+    assert stopped["best"]["step"] == 10
