@@ -126,6 +126,9 @@ class Suite:
     prepare: Callable[[BenchOptions, list[Cell]], None] | None = None
     # options -> the folder name under runs/bench and benchmarks (default: <suite>[_<budget>])
     folder: Callable[[BenchOptions], str] | None = None
+    # records -> the same records with metrics that compare cells (an attacked run minus its clean
+    # run); applied to every record, carried-over ones too, before tables, claims and results
+    derive: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
     def run_root(self, options: BenchOptions) -> Path:
         """runs/bench/<suite> for the cpu budget, runs/bench/<suite>_<budget> for another."""
@@ -310,6 +313,8 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
             records += [earlier[key] for key in cell.keys()]
     if not records:
         return None
+    if suite.derive is not None:
+        records = suite.derive(records)
     finished = len(done) + len(carried)
     status = "complete" if finished == len(cells) else f"PARTIAL ({finished} of {len(cells)} cells)"
     opening = [f"{suite.title}. Status: {status}.", "",

@@ -158,7 +158,11 @@ def train_command(spec: "MethodSpec"):
         if summary["status"] == "interrupted":  # a stopped run is not a success; --resume continues it
             raise typer.Exit(130)
 
-    command.__doc__ = f"Train {spec.name} through the harness (run directory, checkpoints, resume, summary)."
+    from grp_workbench.harness.config import config_keys_help
+
+    keys = "\n\n".join(f"• {line}" for line in config_keys_help(spec.config_cls))
+    command.__doc__ = (f"Train {spec.name} through the harness (run directory, checkpoints, resume, summary).\n\n"
+                       f"Config keys (--set KEY=VALUE; a preset changes some defaults):\n\n{keys}")
     return command
 
 

@@ -170,3 +170,27 @@ def config_from_dict(cls: type[C], data: dict[str, Any]) -> C:
 def diff_configs(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
     a, b = config_to_dict(old), config_to_dict(new)
     return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+def config_keys_help(cls: type) -> list[str]:
+    """One line per config key, ``key = default: comment``, with the comment of the field's
+    definition in the source (for ``train --help``)."""
+    import inspect
+    import re
+
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for match in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE):
+            comments[match[1]] = match[2].strip()
+    lines = []
+    for field in dataclasses.fields(cls):
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        lines.append(f"{field.name} = {default!r}" + (f": {comments[field.name]}" if field.name in comments else ""))
+    return lines

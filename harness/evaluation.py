@@ -123,3 +123,10 @@ def mean_and_ci_over_seeds(curves: np.ndarray, reps: int = 1000, seed: int = 0) 
     boot = curves[index].mean(axis=1)
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
     return mean, low, high
+
+
+def iqm_ci(values) -> tuple[float, float, float]:
+    """(IQM, lower, upper) of one list of per-seed values: the IQM and its 95% bootstrap CI."""
+    stats = summarize(np.asarray(values, dtype=float).reshape(-1, 1))
+    low, high = stats["iqm_ci95"]
+    return float(stats["iqm"]), float(low), float(high)

@@ -1,19 +1,39 @@
-"""Fake-user data poisoning that promotes target items.
+"""Fake-user data poisoning that promotes target items, as ARLib (CoderWZW/ARLib) builds its profiles.
 
-Targets are drawn uniformly from the 20% least popular items (ARLib's 'unpopular' choice); the
-number of fake users is a fraction of the real users (default 1%, about 300 on Gowalla as in the
-VAT poisoning files); each fake profile holds every target plus filler items, and its length is
-drawn from the real users' training-profile lengths, so fakes look like real users by size.
+Targets (ARLib ``util/tool.py::targetItemSelect``): ``target_mode="unpopular"`` draws them uniformly
+from the 20% least popular items, ``"popular"`` from the 10% most popular. Fake users: a fraction
+of the real users (default 1%, about 300 on Gowalla as in the VAT poisoning files; rounded, at
+least one, where ARLib truncates). Every fake profile holds every target. The filler size N is
+the real users' mean training-profile length (ARLib's ``maliciousFeedbackSize = 0``:
+``int(interactions / users)``) unless ``filler_size`` sets it.
 
-* ``random``: fillers uniform over non-target items.
-* ``bandwagon``: half the fillers from the 1% most popular items, half uniform (Burke et al. 2005).
+* ``random`` (ARLib ``attack/Black/RandomAttack.py``): targets + N fillers uniform over non-targets.
+* ``bandwagon`` (ARLib ``attack/Black/BandwagonAttack.py``): targets + the N most popular items (the
+  same for every fake) + N//2 fillers uniform over the rest (Burke et al. 2005).
 * ``dl``: the optimization-based attack of Huang et al. (NDSS 2021, "Data Poisoning Attacks to Deep
-  Learning Based Recommender Systems"; the VAT paper's "DP"/"DL" attack, ARLib's ``DLAttack``).
-  Fake users are made a few at a time. Each round injects them holding only the targets, trains a
-  surrogate MF with BPR plus a promotion loss that pushes every target above the K-th item of each
-  real user's current top-K list, then gives each new fake user the fillers the surrogate scores
-  highest for it, with a selection weight that decays by ``delta`` each time an item is chosen so
-  that fake users do not all pick the same items (reset once every weight is below 1).
+  Learning Based Recommender Systems"; the VAT paper's "DP"/"DL" attack, ARLib's
+  ``attack/White/DLAttack.py``). Fake users are made a few at a time. Each round injects them
+  holding only the targets, trains a surrogate MF with BPR plus a promotion loss that pushes every
+  target above the K-th item of each real user's current top-K list, then gives each new fake user
+  the N fillers the surrogate scores highest for it, with a selection weight that decays by
+  ``delta`` (ARLib's sigma 0.8) each time an item is chosen so that fake users do not all pick the
+  same items (reset once every weight is below 1).
+
+Where ``dl`` departs from ARLib's ``DLAttack.py``, and why:
+
+* Surrogate: an MF trained here, for either victim (a gray-box transfer attack); ARLib trains a
+  copy of the victim itself (white-box). One surrogate keeps the crafted fakes identical across
+  victims and defenses, so the benchmark compares defenses on the same poison.
+* Promotion loss: a hinge ``max(s_K − s_t, −κ)`` over real users who do not hold the target
+  (Huang et al.'s eq.); ARLib uses the unclipped ``s_K − s_t`` averaged over the batch's users, and
+  computes it from embeddings taken under ``torch.no_grad()``, so in ARLib that term passes no
+  gradient and only BPR trains the copy. Ours passes gradient, as the paper intends.
+* Schedule: one pre-training of the surrogate, then ``epochs_per_round`` epochs per injected
+  round (lr 1e-2 Adam); ARLib retrains ``innerEpoch`` + ``outerEpoch`` epochs from the victim's
+  weights for every fake user (lr/10 then lr), which is a full model training per fake user and
+  out of a CPU budget.
+* Targets are forced into every profile (the paper's fake users rate the targets); ARLib replaces
+  the fake user's row by the top-N scored items, which may drop them.
 
 Fake users enter the training data only; their ids follow the real users'.
 """
@@ -39,6 +59,9 @@ from grp_workbench.recsys.metrics import mask_seen
 from grp_workbench.recsys.models import MF, bpr_loss
 
 ATTACKS = ("none", "random", "bandwagon", "dl")
+TARGET_MODES = ("unpopular", "popular")
+# ARLib util/tool.py::targetItemSelect: 'unpopular' = the 20% least popular, 'popular' = the top 10%
+TARGET_POOL_FRACTION = {"unpopular": 0.2, "popular": 0.1}
 
 
 @dataclass
@@ -68,15 +91,23 @@ class Poisoning:
 
 
 def choose_targets(popularity: np.ndarray, n_targets: int, rng: np.random.Generator,
-                   unpopular_fraction: float = 0.2) -> np.ndarray:
-    pool = np.argsort(popularity, kind="stable")[: max(int(len(popularity) * unpopular_fraction), n_targets)]
+                   mode: str = "unpopular") -> np.ndarray:
+    """``n_targets`` items drawn uniformly from the least (``unpopular``) or most (``popular``) popular pool."""
+    if mode not in TARGET_MODES:
+        raise RecsysError(f"target_mode={mode!r} is not one of {', '.join(TARGET_MODES)}.")
+    if not 1 <= n_targets <= len(popularity):
+        raise RecsysError(f"n_targets={n_targets} must lie in [1, {len(popularity)}] (the number of items).")
+    order = np.argsort(popularity if mode == "unpopular" else -popularity, kind="stable")
+    pool = order[: max(int(len(popularity) * TARGET_POOL_FRACTION[mode]), n_targets)]
     return np.sort(rng.choice(pool, size=n_targets, replace=False))
 
 
-def _profile_lengths(data: InteractionData, n_fake: int, n_targets: int, rng: np.random.Generator) -> np.ndarray:
-    real = np.diff(data.train.indptr)
-    real = real[real > 0]
-    return np.clip(rng.choice(real, size=n_fake), n_targets + 1, data.n_items)
+def filler_count(data: InteractionData, filler_size: int = 0) -> int:
+    """N, the fillers per fake profile: ``filler_size`` if set, else the real users' mean
+    training-profile length (ARLib's default ``maliciousFeedbackSize = 0``)."""
+    if filler_size < 0:
+        raise RecsysError(f"filler_size={filler_size} must be >= 0 (0 = the real users' mean profile length).")
+    return filler_size or max(int(data.n_train / max(data.n_users, 1)), 1)
 
 
 def _fill(candidates: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,31 +116,31 @@ def _fill(candidates: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 
 def make_fake_profiles(data: InteractionData, attack: str, targets: np.ndarray, n_fake: int,
                        rng: np.random.Generator, surrogate: SurrogateAttackConfig | None = None,
-                       quiet: bool = True) -> list[np.ndarray]:
+                       quiet: bool = True, filler_size: int = 0) -> list[np.ndarray]:
+    n_filler = filler_count(data, filler_size)
     if attack == "dl":
-        return cached_dl_profiles(data, targets, _profile_lengths(data, n_fake, len(targets), rng), rng,
+        return cached_dl_profiles(data, targets, np.full(n_fake, n_filler + len(targets)), rng,
                                   surrogate or SurrogateAttackConfig(), quiet)
     non_targets = np.setdiff1d(np.arange(data.n_items), targets)
-    popular = np.argsort(-data.item_popularity(), kind="stable")[: max(data.n_items // 100, 1)]
-    popular = np.setdiff1d(popular, targets)
+    if attack == "bandwagon":
+        by_popularity = np.argsort(-data.item_popularity(), kind="stable")
+        popular = by_popularity[~np.isin(by_popularity, targets)][:n_filler]
+        others = np.setdiff1d(non_targets, popular)
+    elif attack != "random":
+        raise RecsysError(f"attack={attack!r} is not one of {', '.join(ATTACKS)}.")
     profiles = []
-    for length in _profile_lengths(data, n_fake, len(targets), rng):
-        n_filler = int(length) - len(targets)
+    for _ in range(n_fake):
         if attack == "random":
             filler = _fill(non_targets, n_filler, rng)
-        elif attack == "bandwagon":
-            chosen = _fill(popular, n_filler // 2, rng)
-            rest = np.setdiff1d(non_targets, chosen)
-            filler = np.concatenate([chosen, _fill(rest, n_filler - len(chosen), rng)])
         else:
-            raise RecsysError(f"attack={attack!r} is not one of {', '.join(ATTACKS)}.")
+            filler = np.concatenate([popular, _fill(others, n_filler // 2, rng)])
         profiles.append(np.sort(np.concatenate([targets, filler])))
     return profiles
 
 
 def poison(data: InteractionData, attack: str, fake_user_fraction: float = 0.01, n_targets: int = 5,
-           seed: int = 0, surrogate: SurrogateAttackConfig | None = None,
-           quiet: bool = True) -> tuple[InteractionData, Poisoning]:
+           seed: int = 0, surrogate: SurrogateAttackConfig | None = None, quiet: bool = True,
+           target_mode: str = "unpopular", filler_size: int = 0) -> tuple[InteractionData, Poisoning]:
     """Return the data with fake users appended to the training matrix, and what was injected.
 
     Targets are chosen for every attack (including ``none``) from the same seed, so attacked and
@@ -120,11 +151,11 @@ def poison(data: InteractionData, attack: str, fake_user_fraction: float = 0.01,
     if not 0 <= fake_user_fraction < 1:
         raise RecsysError(f"fake_user_fraction={fake_user_fraction} must lie in [0, 1).")
     rng = np.random.default_rng(seed)
-    targets = choose_targets(data.item_popularity(), n_targets, rng)
+    targets = choose_targets(data.item_popularity(), n_targets, rng, target_mode)
     if attack == "none" or fake_user_fraction == 0:
         return data, Poisoning(attack, targets, data.n_users, [])
     n_fake = max(int(round(fake_user_fraction * data.n_users)), 1)
-    profiles = make_fake_profiles(data, attack, targets, n_fake, rng, surrogate, quiet)
+    profiles = make_fake_profiles(data, attack, targets, n_fake, rng, surrogate, quiet, filler_size)
     fake_users = np.repeat(np.arange(data.n_users, data.n_users + n_fake), [len(p) for p in profiles])
     fake = to_csr(fake_users - data.n_users, np.concatenate(profiles), n_fake, data.n_items)
     empty = sp.csr_matrix((n_fake, data.n_items), dtype=np.float32)

@@ -214,11 +214,18 @@ def read_movielens(path: str | os.PathLike, min_rating: float = 0.0) -> Interact
                 raise RecsysError(f"{path}:{number}: expected 4 fields (user item rating timestamp, separated by "
                                   f"whitespace), found {len(fields)}. Fix or drop that line; for another layout "
                                   "convert the file to RecBole's .inter format (a typed header names the columns).")
-            try:
-                rating, stamp = float(fields[2]), float(fields[3])
-            except ValueError:
-                raise RecsysError(f"{path}:{number}: rating {fields[2]!r} or timestamp {fields[3]!r} is not a "
-                                  "number.") from None
+            for column, value in (("user id", fields[0]), ("item id", fields[1])):
+                if not value.isdigit():
+                    raise RecsysError(f"{path}:{number}: {column} {value!r} is not a non-negative integer; u.data "
+                                      "holds integer ids. For other ids use RecBole's .inter format "
+                                      "(data_format=recbole), whose token columns take any string.")
+            values = []
+            for column, value in (("rating", fields[2]), ("timestamp", fields[3])):
+                try:
+                    values.append(float(value))
+                except ValueError:
+                    raise RecsysError(f"{path}:{number}: {column} {value!r} is not a number.") from None
+            rating, stamp = values
             if rating < min_rating:
                 report["ratings_below_min_rating_dropped"] += 1
                 continue
@@ -307,6 +314,29 @@ def split_per_user(data: InteractionList, test_fraction: float = 0.2, valid_frac
     pick = lambda p: to_csr(users[part == p], items[part == p], n_users, n_items)  # noqa: E731
     return InteractionData(name or Path(data.source).stem, n_users, n_items, pick(0), pick(2),
                            pick(1) if valid_fraction > 0 else None, report=dict(data.report))
+
+
+def split_validation(data: InteractionData, valid_fraction: float, seed: int) -> InteractionData:
+    """Move a seeded ``valid_fraction`` of each user's training interactions to a validation split
+    (for data that comes with train and test only, such as the LightGCN Gowalla split, which has no
+    timestamps); every user keeps at least one training interaction."""
+    if not 0 < valid_fraction < 1:
+        raise RecsysError(f"valid_fraction={valid_fraction} must lie in (0, 1).")
+    rng = np.random.default_rng(seed)
+    train = data.train.tocsr()
+    degree = np.diff(train.indptr)
+    users = np.repeat(np.arange(data.n_users), degree)
+    rank = np.empty(train.nnz, dtype=np.int64)  # a random order within each user's row
+    order = np.lexsort((rng.random(train.nnz), users))
+    rank[order] = np.arange(train.nnz) - np.repeat(train.indptr[:-1], degree)
+    # what is left after int((1 - fraction) * n) stay in train, as VAT's int() splits leave validation the
+    # remainder (a user with 6 interactions gives 1), but never a user's last training interaction
+    n_valid = np.minimum(degree - (degree * (1 - valid_fraction)).astype(np.int64), np.maximum(degree - 1, 0))
+    to_valid = rank < n_valid[users]
+    items = train.indices
+    pick = lambda mask: to_csr(users[mask], items[mask], data.n_users, data.n_items)  # noqa: E731
+    return InteractionData(data.name, data.n_users, data.n_items, pick(~to_valid), data.test, pick(to_valid),
+                           report={**data.report, "training_interactions_moved_to_validation": int(to_valid.sum())})
 
 
 def subsample_users(data: InteractionData, n_users: int, seed: int) -> InteractionData:

@@ -46,8 +46,9 @@ def ranking_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, seen: sp.csr
         batch = candidates[start : start + batch_size]
         scores = user_emb[torch.from_numpy(batch).to(user_emb.device)] @ item_emb.T
         mask_seen(scores, seen, batch)
-        top = scores.topk(k_max, dim=1).indices.cpu().numpy()
+        top = scores.topk(min(k_max, scores.shape[1]), dim=1).indices.cpu().numpy()  # a catalogue under k: all
         hits = torch.from_numpy(_is_in(truth, batch, top)).double()
+        hits = torch.nn.functional.pad(hits, (0, k_max - hits.shape[1]))
         n_relevant = torch.from_numpy(np.diff(truth.indptr)[batch]).double()
         for k in ks:
             sums[f"recall@{k}"] += (hits[:, :k].sum(1) / n_relevant).sum().item()
@@ -77,7 +78,7 @@ def target_item_metrics(user_emb: torch.Tensor, item_emb: torch.Tensor, seen: sp
         batch = users[start : start + batch_size]
         scores = user_emb[torch.from_numpy(batch).to(user_emb.device)] @ item_emb.T
         mask_seen(scores, seen, batch)
-        top = scores.topk(k_max, dim=1).indices.cpu().numpy()  # (B, k_max)
+        top = scores.topk(min(k_max, scores.shape[1]), dim=1).indices.cpu().numpy()  # (B, k_max) or every item
         at = top[:, None, :] == targets[None, :, None]  # (B, T, k_max)
         ranks = np.where(at.any(2), at.argmax(2) + 1, k_max + 1)  # (B, T); k_max + 1 = "further down"
         eligible = ~has_target[batch]

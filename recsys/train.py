@@ -15,7 +15,10 @@ Where we differ from the official VAT code, on purpose (see recsys/README.md):
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,7 @@ from grp_workbench.harness.data import find_dataset_dir
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
 from grp_workbench.recsys import RecsysError
-from grp_workbench.recsys.attacks import ATTACKS, SurrogateAttackConfig, poison
+from grp_workbench.recsys.attacks import ATTACKS, TARGET_MODES, SurrogateAttackConfig, poison
 from grp_workbench.recsys.data import (
     BPRSampler,
     InteractionData,
@@ -35,26 +38,33 @@ from grp_workbench.recsys.data import (
     read_movielens,
     read_recbole_inter,
     split_per_user,
+    split_validation,
     subsample_users,
 )
 from grp_workbench.recsys.defenses import adversarial_bpr, vulnerability_scale
 from grp_workbench.recsys.metrics import ranking_metrics, target_item_metrics
 from grp_workbench.recsys.models import MF, LightGCN, bpr_loss, normalized_adjacency
 
-# VAT's meta_config.py: eps per (model, dataset); one --eps is shared by the APR and VAT trainers.
+# VAT's meta_config.py: VAT's eps per (model, dataset). APR runs at the official default eps (0.3,
+# meta_config.py's --eps default) on every dataset: the per-dataset table is VAT's tuning, not APR's.
 OFFICIAL_EPS = {("mf", "gowalla"): 0.6, ("mf", "yelp2018"): 0.5, ("mf", "mind"): 0.4,
                 ("lightgcn", "gowalla"): 0.3, ("lightgcn", "yelp2018"): 0.3, ("lightgcn", "mind"): 0.3}
 DEFAULT_EPS = 0.3
+COLLAPSE_EPOCHS = 3  # BPR loss at ln 2 for this many epochs in a row: every score is equal, the embeddings collapsed
 DEFENSES = ("none", "apr", "vat")
 
 
 @dataclass
 class RecConfig(TrainConfig):
     model: str = "mf"  # mf | lightgcn
-    dataset: str = "gowalla"  # dataset name (folder under $WORKBENCH_DATA or ../shared/datasets)
+    dataset: str = ""  # name in task names and the eps table; empty: gowalla for lightgcn data, else the file's name
     data_dir: str | None = None  # explicit folder (lightgcn format) or file (movielens u.data, recbole .inter)
     data_format: str = "lightgcn"  # lightgcn | movielens | recbole
     kcore: int = 10  # k-core filter for movielens / recbole data (the VAT code's min_interaction)
+    min_rating: float = 0.0  # movielens: ratings below this are dropped before the k-core filter
+    test_fraction: float = 0.2  # movielens / recbole: last share of each user's interactions held out (VAT: 0.2)
+    valid_fraction: float = 0.1  # validation share per user (VAT: 0.1; lightgcn data: carved from train); 0 = none
+    early_stop_evals: int = 0  # > 0: stop after this many evaluations without a better validation Recall@20
     user_sample: int = 0  # > 0: train on a seeded sample of this many users (CPU budgets); 0: all users
     sample_seed: int = 0  # fixed across training seeds
     dim: int = 64  # embedding size
@@ -63,13 +73,15 @@ class RecConfig(TrainConfig):
     weight_decay: float = 0.01  # AdamW's own default, which the official code leaves on
     l2_reg: float = 1e-4  # weight of mean squared ego-embedding norms
     batch_size: int = 2048
-    eps: float = 0.0  # perturbation radius rho; 0 = the official value for (model, dataset), else 0.3
+    eps: float = 0.0  # perturbation radius rho; 0 = official: APR 0.3, VAT the (model, dataset) table, else 0.3
     adv_reg: float = 1.0  # weight of the adversarial BPR term
     begin_adv: int = 5  # first epoch (1-based) with the adversarial term
     user_lambda: float = 2.0  # VAT's lambda in g(L_u) = lambda * sigmoid(mean / L_u - 1)
-    attack: str = "none"  # none | random | bandwagon
+    attack: str = "none"  # none | random | bandwagon | dl
     fake_user_fraction: float = 0.01  # fake users as a fraction of real users
-    n_targets: int = 5  # target items, drawn from the 20% least popular
+    n_targets: int = 5  # target items
+    target_mode: str = "unpopular"  # unpopular (from the 20% least popular) | popular (the top 10%), as ARLib
+    filler_size: int = 0  # fillers per fake user; 0 = the real users' mean profile length (ARLib's default)
     attack_seed: int = 0  # targets and fake profiles; fixed across training seeds
     dl_pretrain_epochs: int = 20  # dl attack: surrogate MF epochs on clean data
     dl_users_per_round: int = 1  # dl attack: fake users crafted per surrogate round (paper: 1)
@@ -83,40 +95,81 @@ class RecConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         checks = [("model", self.model, ("mf", "lightgcn")), ("attack", self.attack, ATTACKS),
-                  ("data_format", self.data_format, ("lightgcn", "movielens", "recbole"))]
+                  ("data_format", self.data_format, ("lightgcn", "movielens", "recbole")),
+                  ("target_mode", self.target_mode, TARGET_MODES)]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise RecsysError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
         if self.eps < 0 or self.batch_size <= 0 or self.dim <= 0:
             raise RecsysError(f"eps={self.eps} must be >= 0, batch_size={self.batch_size} and dim={self.dim} > 0.")
+        if not 0 < self.test_fraction < 1 or not 0 <= self.valid_fraction < 1 - self.test_fraction:
+            raise RecsysError(f"test_fraction={self.test_fraction} and valid_fraction={self.valid_fraction} must "
+                              "satisfy 0 < test_fraction, 0 <= valid_fraction, test_fraction + valid_fraction < 1.")
+        if not 0 <= self.fake_user_fraction < 1:
+            raise RecsysError(f"fake_user_fraction={self.fake_user_fraction} must lie in [0, 1) (0.03 = 3%).")
+        if self.filler_size < 0 or self.early_stop_evals < 0:
+            raise RecsysError(f"filler_size={self.filler_size} and early_stop_evals={self.early_stop_evals} "
+                              "must be >= 0.")
 
     @property
-    def radius(self) -> float:
-        return self.eps or OFFICIAL_EPS.get((self.model, self.dataset), DEFAULT_EPS)
+    def data_name(self) -> str:
+        """``dataset`` if set, else the name the data itself gives (``dataset_name``)."""
+        return self.dataset or dataset_name(self)
+
+    def radius(self, defense: str) -> float:
+        """The perturbation radius: ``eps`` if set, else APR's official default and VAT's table."""
+        if self.eps:
+            return self.eps
+        return OFFICIAL_EPS.get((self.model, self.data_name), DEFAULT_EPS) if defense == "vat" else DEFAULT_EPS
+
+
+def dataset_name(config: RecConfig) -> str:
+    """The name runs and the eps table use: gowalla for lightgcn-format data without a folder, else
+    the folder's name (lightgcn) or the file's (``ml-100k/u.data`` -> ``ml-100k``; ``x.inter`` -> ``x``)."""
+    if not config.data_dir:
+        return "gowalla" if config.data_format == "lightgcn" else "unnamed"
+    path = Path(config.data_dir).resolve()
+    if path.name == "u.data":
+        return path.parent.name
+    return path.stem if config.data_format != "lightgcn" else path.name
 
 
 def load_data(config: RecConfig) -> InteractionData:
+    """The dataset, user-sampled if asked, with a per-user validation split: VAT's chronological
+    70/10/20 for interaction files; for the LightGCN split (train/test given) carved from train."""
     if config.data_format == "lightgcn":
-        folder = find_dataset_dir(config.dataset, config.data_dir)
+        if config.data_dir and Path(config.data_dir).is_file():
+            raise RecsysError(f"--data-dir {config.data_dir} is a file, and data_format=lightgcn reads a folder "
+                              "(train.txt, test.txt). For a file add --set data_format=movielens (u.data) or "
+                              "--set data_format=recbole (.inter).")
+        folder = find_dataset_dir(config.data_name, config.data_dir)
         if folder is None:
-            raise RecsysError(f"dataset {config.dataset!r} not found; pass --data-dir (a folder with train.txt and "
-                              f"test.txt) or put it under $WORKBENCH_DATA/{config.dataset}.")
-        data = read_lightgcn_dir(folder, name=config.dataset)
+            raise RecsysError(f"dataset {config.data_name!r} not found; pass --data-dir (a folder with train.txt and "
+                              f"test.txt) or put it under $WORKBENCH_DATA/{config.data_name}.")
+        data = read_lightgcn_dir(folder, name=config.data_name)
     else:
         if not config.data_dir:
             raise RecsysError(f"data_format={config.data_format} needs --data-dir pointing at the file.")
-        reader = read_movielens if config.data_format == "movielens" else read_recbole_inter
-        data = split_per_user(kcore(reader(config.data_dir), config.kcore), 0.2, seed=config.sample_seed,
-                              name=config.dataset)
+        if Path(config.data_dir).is_dir():
+            raise RecsysError(f"--data-dir {config.data_dir} is a folder; data_format={config.data_format} reads "
+                              "one file (MovieLens u.data, RecBole .inter). Point it at the file.")
+        interactions = (read_movielens(config.data_dir, config.min_rating) if config.data_format == "movielens"
+                        else read_recbole_inter(config.data_dir))
+        data = split_per_user(kcore(interactions, config.kcore), config.test_fraction, config.valid_fraction,
+                              seed=config.sample_seed, name=config.data_name)
     if config.user_sample:
         data = subsample_users(data, config.user_sample, config.sample_seed)
+    if data.valid is None and config.valid_fraction > 0:
+        data = split_validation(data, config.valid_fraction, config.sample_seed)
     return data
 
 
 class RobustRecommender:
-    """BPR (+ APR / VAT adversarial term) on MF or LightGCN; one ``update`` is one epoch."""
+    """BPR (+ APR / VAT adversarial term) on MF or LightGCN; one ``update`` is one epoch.
 
-    main_metric = "recall@20"
+    The best evaluation is chosen on validation Recall@20 (``valid_recall@20``), never on test; with
+    ``valid_fraction=0`` there is no best, only the final evaluation."""
+
     higher_is_better = True
 
     def __init__(self, config: RecConfig, policy: DevicePolicy, defense: str = "none"):
@@ -128,7 +181,13 @@ class RobustRecommender:
                                           users_per_round=config.dl_users_per_round,
                                           epochs_per_round=config.dl_epochs_per_round)
         self.data, self.poisoning = poison(clean, config.attack, config.fake_user_fraction, config.n_targets,
-                                           seed=config.attack_seed, surrogate=surrogate, quiet=False)
+                                           seed=config.attack_seed, surrogate=surrogate, quiet=False,
+                                           target_mode=config.target_mode, filler_size=config.filler_size)
+        self.selects_best = self.data.valid is not None
+        self.main_metric = "valid_recall@20" if self.selects_best else "recall@20"
+        self.early_stop_evals = config.early_stop_evals if self.selects_best else 0
+        self.radius = config.radius(defense)
+        self.epochs_at_chance = 0
         self.real_users = np.arange(self.poisoning.n_real_users)
         train = self.data.train
         self.rng = np.random.default_rng(config.seed)
@@ -162,7 +221,7 @@ class RobustRecommender:
             loss = per_sample.mean() + cfg.l2_reg * reg
             if adversarial:
                 scale = vulnerability_scale(u_idx, per_sample, cfg.user_lambda) if self.defense == "vat" else None
-                adv = adversarial_bpr(u, i, j, per_sample, cfg.radius, scale).mean()
+                adv = adversarial_bpr(u, i, j, per_sample, self.radius, scale).mean()
                 loss = loss + cfg.adv_reg * adv
                 totals["adv"] = totals["adv"] + adv.detach()
                 if scale is not None:
@@ -173,7 +232,18 @@ class RobustRecommender:
             totals["loss"] = totals["loss"] + loss.detach()
             totals["bpr"] = totals["bpr"] + per_sample.mean().detach()
             n_batches += 1
-        return {k: v.item() / n_batches for k, v in totals.items()} | {"epoch": float(self.epoch)}
+        metrics = {k: v.item() / n_batches for k, v in totals.items()} | {"epoch": float(self.epoch)}
+        self._warn_if_collapsed(metrics["bpr"])
+        return metrics
+
+    def _warn_if_collapsed(self, bpr: float) -> None:
+        """A BPR loss stuck at ln 2 means every score is equal: the embeddings collapsed (seen with
+        a too large eps); say so instead of training on."""
+        self.epochs_at_chance = self.epochs_at_chance + 1 if abs(bpr - math.log(2)) < 1e-3 else 0
+        if self.epochs_at_chance == COLLAPSE_EPOCHS:
+            warnings.warn(f"epoch {self.epoch}: the BPR loss has been ln 2 = 0.6931 for {COLLAPSE_EPOCHS} epochs: "
+                          f"the embeddings collapsed (every score equal). With a defense, lower eps "
+                          f"(now {self.radius}); otherwise raise lr.", stacklevel=2)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -181,6 +251,9 @@ class RobustRecommender:
         user_emb, item_emb = self.model.all_embeddings()
         bs = self.config.eval_batch_size
         metrics = ranking_metrics(user_emb, item_emb, self.seen, self.data.test, self.real_users, (10, 20), bs)
+        if self.data.valid is not None:  # ranked with only the training items masked, as VAT's validation
+            valid = ranking_metrics(user_emb, item_emb, self.data.train, self.data.valid, self.real_users, (20,), bs)
+            metrics |= {f"valid_{k}": v for k, v in valid.items()}
         metrics |= target_item_metrics(user_emb, item_emb, self.seen, self.data.test, self.poisoning.targets,
                                        self.real_users, (10, 20, 50), bs)
         return metrics
@@ -197,8 +270,18 @@ class RobustRecommender:
 
 
 def _task(config: RecConfig) -> str:
-    name = config.dataset + (f"-u{config.user_sample}" if config.user_sample else "")
-    return f"{name}-{config.model}-{config.attack}"
+    """``<dataset>-<model>-<attack>-<fraction>pct`` (e.g. gowalla-u3000-mf-bandwagon-1pct): everything
+    that changes the task; a clean run is ``<dataset>-<model>-none``, popular targets add ``-popular``,
+    a set filler size ``-fillN``."""
+    name = config.data_name + (f"-u{config.user_sample}" if config.user_sample else "")
+    task = f"{name}-{config.model}-{config.attack}"
+    if config.attack != "none" and config.fake_user_fraction > 0:
+        task += f"-{100 * config.fake_user_fraction:g}pct"
+    if config.target_mode != "unpopular":
+        task += f"-{config.target_mode}"
+    if config.filler_size and config.attack != "none":
+        task += f"-fill{config.filler_size}"
+    return task
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -281,7 +281,8 @@ OFFLINE_RL = Suite(
 LEVEL_SETS_EVALUATED = ("in_dist", "held_out_structures")
 UED_METHODS = ("dr", "uniform", "plr", "dred")
 # the committed grid: 400k environment steps (48 student updates), evaluation on every held-out level
-# (112 = 14 structures x 8) and 112 test levels (28 per structure), the learning rate and entropy bonus the CPU budget needed (rl/ued/README.md)
+# (112 = 14 structures x 8) and 112 test levels (28 per structure), the learning rate and entropy
+# bonus the CPU budget needed (rl/ued/README.md)
 LEVEL_BUDGETS = {
     "cpu": {"preset": "quick", "student": {"total_steps": 400_000, "eval_every": 100_000, "checkpoint_every": 100_000,
                                            "eval_limit": 112, "lr": 0.0005, "entropy_coef": 0.01},
