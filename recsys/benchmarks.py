@@ -138,33 +138,34 @@ def _fmt(records: list[dict[str, Any]], method: str, task: str, metric: str) -> 
 
 
 def _tables(records: list[dict[str, Any]]) -> str:
-    """As VAT's tables print them: rows backbone x defense, columns the attack; each cell Recall@20
-    and T-HR@50 (IQM [95% CI] over seeds), then the same grid of ΔT-HR@50 against clean."""
-    parsed = {r["task"]: TASK.match(r["task"]) for r in records}
-    by_model = {}
-    for task, match in parsed.items():
-        if match is not None:
-            by_model.setdefault(match["model"], {})[match["attack"]] = task
+    """As VAT's tables print them: rows backbone x defense (per data set and attack setting), columns
+    the attack; each cell Recall@20 and T-HR@50 (IQM [95% CI] over seeds), then the same grid of
+    ΔT-HR@50 against clean."""
+    matches = [m for m in (TASK.match(r["task"]) for r in records) if m is not None]
+    settings = sorted({(m["data"], m["model"], m["rest"]) for m in matches if m["attack"] != "none"},
+                      key=lambda key: (key[0], MODELS.index(key[1]), len(key[2]), key[2]))
+    attacks = [a for a in ATTACKS if any(m["attack"] == a for m in matches)]
+    present = {r["method"] for r in records}
+    methods = [RESULT_METHOD[d] for d in DEFENSES if RESULT_METHOD[d] in present]
     flagged = set(attacks_that_did_not_attack(records))
-    attacks = [a for a in ATTACKS if any(a in tasks for tasks in by_model.values())]
-    head = "| backbone | defense | " + " | ".join(attacks) + " |\n" + "| --- " * (len(attacks) + 2) + "|"
+    head = "| backbone | data | setting | defense | " + " | ".join(attacks) + " |\n" + "| --- " * (len(attacks) + 4) + "|"
     rows, deltas = [], []
-    for model in (m for m in MODELS if m in by_model):
-        for defense in DEFENSES:
-            method = RESULT_METHOD[defense]
-            tasks = [by_model[model].get(a) for a in attacks]
-            cells = [f"R@20 {_fmt(records, method, t, 'recall@20')}<br>T-HR@50 {_fmt(records, method, t, 't_hr@50')}"
-                     if t else "—" for t in tasks]
-            rows.append(f"| {MODEL_NAMES[model]} | {method} | " + " | ".join(cells) + " |")
-            marks = [("—" if not t or clean_task(t) is None else
-                      _fmt(records, method, t, "delta_t_hr@50") + (" †" if method == "none" and t in flagged else ""))
-                     for t in tasks]
-            deltas.append(f"| {MODEL_NAMES[model]} | {method} | " + " | ".join(marks) + " |")
+    for data, model, rest in settings:
+        tasks = [f"{data}-{model}-none" if a == "none" else f"{data}-{model}-{a}{rest}" for a in attacks]
+        for method in methods:
+            label = f"| {MODEL_NAMES[model]} | {data} | {rest.lstrip('-') or '—'} | {method} | "
+            rows.append(label + " | ".join(
+                f"R@20 {_fmt(records, method, t, 'recall@20')}<br>T-HR@50 {_fmt(records, method, t, 't_hr@50')}"
+                for t in tasks) + " |")
+            deltas.append(label + " | ".join(
+                "—" if clean_task(t) is None else
+                _fmt(records, method, t, "delta_t_hr@50") + (" †" if method == "none" and t in flagged else "")
+                for t in tasks) + " |")
     note = (f"† the undefended attack did not raise T-HR@50 above clean (CI of the difference reaches 0): "
             f"{', '.join(sorted(flagged))}; defenses cannot be judged there." if flagged else
             "Every undefended attack raised T-HR@50 above clean (the 95% CI of ΔT-HR@50 is above 0).")
     return (f"Recall@20 of real users and T-HR@50 of the target items (lower is more robust), IQM [95% CI] over "
-            f"seeds; columns: the attack:\n\n{head}\n" + "\n".join(rows) +
+            f"seeds; columns: the attack (none = the clean run):\n\n{head}\n" + "\n".join(rows) +
             f"\n\nΔT-HR@50, attacked minus clean (same seed, backbone and defense):\n\n{head}\n" + "\n".join(deltas)
             + f"\n\n{note}")
 
@@ -214,7 +215,7 @@ ROBUST_RECSYS = Suite(
 # ---- recsys_attacks: undefended MF, clean vs random / bandwagon at 3%, two data files --------------
 ATTACK_STUDY = {  # data sets, fake-user fractions, filler sizes (0 = ARLib's mean length), epochs
     "cpu": {"fractions": (0.03,), "fillers": (0, 200), "epochs": 200, "gowalla_users": 1000, "udata_users": 5000},
-    "tiny": {"fractions": (0.03,), "fillers": (0,), "epochs": 3, "gowalla_users": 300, "udata_users": 2000},
+    "tiny": {"fractions": (0.03,), "fillers": (0,), "epochs": 3, "gowalla_users": 300, "udata_users": 5000},
 }
 UDATA_FOLDER = "gowalla-as-movielens"
 
