@@ -148,7 +148,8 @@ def _tables(records: list[dict[str, Any]]) -> str:
     present = {r["method"] for r in records}
     methods = [RESULT_METHOD[d] for d in DEFENSES if RESULT_METHOD[d] in present]
     flagged = set(attacks_that_did_not_attack(records))
-    head = "| backbone | data | setting | defense | " + " | ".join(attacks) + " |\n" + "| --- " * (len(attacks) + 4) + "|"
+    head = ("| backbone | data | setting | defense | " + " | ".join(attacks) + " |\n"
+            + "| --- " * (len(attacks) + 4) + "|")
     rows, deltas = [], []
     for data, model, rest in settings:
         tasks = [f"{data}-{model}-none" if a == "none" else f"{data}-{model}-{a}{rest}" for a in attacks]

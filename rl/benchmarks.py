@@ -306,6 +306,7 @@ def _level_cells(options: BenchOptions) -> list[Cell]:
     budget = LEVEL_BUDGETS[options.budget]
     # DRED reads the VAE by path: absolute, so every executor (and a Ray node) builds the same config
     vae_run = str((LEVEL_GENERATION.run_root(options) / "level-vae").resolve())
+    structures = _set_structures()
     cells = []
     for seed in options.seeds or (0, 1, 2):
         for method in UED_METHODS:
@@ -314,16 +315,76 @@ def _level_cells(options: BenchOptions) -> list[Cell]:
                       **({"vae_run": vae_run} if method == "dred" else {})}
             config = build_config(spec.config_cls, spec.presets, budget["preset"],
                                   {k: str(v) for k, v in values.items()})
+            tasks = [f"cave_escape-{name}" for name in LEVEL_SETS_EVALUATED] + [
+                structure_task(name, structure) for name in LEVEL_SETS_EVALUATED for structure in structures[name]]
             cells.append(Cell(method, "cave_escape-in_dist", seed, spec, config, f"{method}/seed{seed}",
-                              preset=budget["preset"],
-                              outputs=tuple((method, f"cave_escape-{name}", seed) for name in LEVEL_SETS_EVALUATED)))
+                              preset=budget["preset"], outputs=tuple((method, task, seed) for task in tasks)))
     return cells
 
 
-def _level_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[tuple, dict[str, float]]:
-    return {(cell.method, f"cave_escape-{name}", cell.seed): {"solved_rate": summary["final"][f"{name}/solved_rate"],
-                                                            "return": summary["final"][f"{name}/return"]}
+# results names of the two evaluated sets' structures (issue 18): cave_escape-test-<S>, cave_escape-held_out-<S>
+STRUCTURE_TASK_PREFIX = {"in_dist": "test", "held_out_structures": "held_out"}
+
+
+def structure_task(set_name: str, structure: str) -> str:
+    return f"cave_escape-{STRUCTURE_TASK_PREFIX[set_name]}-{structure}"
+
+
+def _set_structures() -> dict[str, list[str]]:
+    """The structures of each evaluated set, in the set's order (read from the shipped level files)."""
+    from grp_workbench.envs.levels import load_levels
+    from grp_workbench.rl.ued.ppo import LEVEL_SETS
+
+    files = {"in_dist": "test.npz", "held_out_structures": "held_out.npz"}
+    return {name: list(dict.fromkeys(level.structure for level in load_levels(LEVEL_SETS / files[name])))
             for name in LEVEL_SETS_EVALUATED}
+
+
+def _level_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[tuple, dict[str, float]]:
+    """The two aggregate tasks and one task per structure (solved rate; return where the run logged it)."""
+    final = summary["final"]
+    records = {(cell.method, f"cave_escape-{name}", cell.seed): {"solved_rate": final[f"{name}/solved_rate"],
+                                                                "return": final[f"{name}/return"]}
+               for name in LEVEL_SETS_EVALUATED}
+    for _, task, _ in cell.outputs:
+        for name in LEVEL_SETS_EVALUATED:
+            prefix = f"cave_escape-{STRUCTURE_TASK_PREFIX[name]}-"
+            if task.startswith(prefix):
+                structure = task.removeprefix(prefix)
+                metrics = {"solved_rate": final[f"{name}/solved_rate/{structure}"]}
+                if f"{name}/return/{structure}" in final:
+                    metrics["return"] = final[f"{name}/return/{structure}"]
+                records[(cell.method, task, cell.seed)] = metrics
+    return records
+
+
+def _level_tables(records: list[dict[str, Any]]) -> str:
+    """The aggregate table (methods x sets), then per-structure solved rates (structures x methods)."""
+    from grp_workbench.harness.bench import paper_table
+
+    parts = [paper_table(records, "solved_rate", list(UED_METHODS), [f"cave_escape-{n}" for n in LEVEL_SETS_EVALUATED])]
+    for name, title in (("in_dist", "test.npz (the four training structures, unseen levels)"),
+                        ("held_out_structures", "held_out.npz (the paper's 14 held-out structures)")):
+        prefix = f"cave_escape-{STRUCTURE_TASK_PREFIX[name]}-"
+        structures = sorted({r["task"].removeprefix(prefix) for r in records if r["task"].startswith(prefix)})
+        if not structures:
+            continue
+        rows = [f"| {s} | " + " | ".join(_iqm_text(records, m, prefix + s) for m in UED_METHODS) + " |"
+                for s in structures]
+        parts.append(f"Solved rate per structure, {title}; IQM [95% CI] over seeds:\n\n"
+                     f"| structure | {' | '.join(UED_METHODS)} |\n| --- |{' --- |' * len(UED_METHODS)}\n"
+                     + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _iqm_text(records: list[dict[str, Any]], method: str, task: str) -> str:
+    from grp_workbench.harness.evaluation import iqm_ci
+
+    values = [r["metrics"]["solved_rate"] for r in records if r["method"] == method and r["task"] == task]
+    if not values:
+        return "—"
+    iqm, low, high = iqm_ci(values)
+    return f"{iqm:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _prepare_level_generation(options: BenchOptions, todo: list[Cell]) -> None:
@@ -443,13 +504,13 @@ def _level_notes(options: BenchOptions) -> str:
     return (f"CaveEscape 13x13, 512 training levels of 4 WFC structures (envs/level_sets), PPO (rl/ued/ppo.py, "
             f"preset `{budget['preset']}` with {budget['student'] or 'no changes'}, feed-forward core), "
             f"{config.total_steps} environment steps per run ({updates} student updates of {config.num_envs} envs x "
-            f"{config.num_steps} steps), zero-shot evaluation on {config.eval_limit or 'all'} levels of each set "
-            f"(the same number from every structure), {1 if config.eval_greedy else config.eval_episodes} "
-            f"{'greedy episode' if config.eval_greedy else 'stochastic episodes'} per level, seeded. Records made "
-            "before that evaluation (every committed record so far) played one episode on the FIRST 64 levels of "
-            "each set, which are stored in structure order: one structure of test.npz, five of held_out.npz "
-            "(issue 18; the rerun replaces them). The level VAE DRED reads is trained first (`level-vae` under the "
-            "run root); "
+            f"{config.num_steps} steps), zero-shot evaluation at every {config.eval_every:,} steps on "
+            f"{config.eval_limit or 'all'} levels of each set taken with the same number from every structure "
+            "(test.npz: 28 of each of its 4 structures; held_out.npz: all 112, 8 of each of 14), "
+            f"{1 if config.eval_greedy else config.eval_episodes} "
+            f"{'greedy episode' if config.eval_greedy else 'stochastic episodes'} per level, every draw seeded; "
+            "per-structure solved rates are the tasks cave_escape-test-<S> and cave_escape-held_out-<S>. "
+            "The level VAE DRED reads is trained first (`level-vae` under the run root); "
             "its accuracies and how close each level source is to the training levels: levels.md.")
 
 
@@ -482,27 +543,40 @@ def _level_extra(options: BenchOptions, cells: list[Cell], records: list[dict[st
 
 
 def _dred_claim(records: list[dict]) -> str:
-    """DRED's abstract: significant zero-shot improvements over adaptive level sampling (PLR) and UED."""
-    parts, verdicts = [], []
+    """DRED's claim: DRED >= PLR >= DR zero-shot, with a larger gap on held-out structures."""
+    from grp_workbench.harness.evaluation import iqm_ci
+
+    parts, orders, gaps, separated = [], [], {}, []
     for task in ("cave_escape-in_dist", "cave_escape-held_out_structures"):
-        scores = {m: cell_iqm(records, m, task, "solved_rate") for m in UED_METHODS}
-        if scores["dred"] is None or any(v is None for v in scores.values()):
-            return ("DRED > PLR, uniform and DR in zero-shot transfer (paper): not every method has finished "
-                    f"{task} yet.")
-        best_other = max((m for m in UED_METHODS if m != "dred"), key=lambda m: scores[m])
-        verdicts.append(scores["dred"] > scores[best_other])
-        parts.append(f"{task.removeprefix('cave_escape-')}: DRED {scores['dred']:.3f} vs best other {best_other} "
-                     f"{scores[best_other]:.3f}")
-    verdict = "agrees" if all(verdicts) else "does not agree" if not any(verdicts) else "agrees on one set only"
-    return (f"DRED > PLR, uniform and DR in zero-shot transfer (paper): the measured direction {verdict} "
-            f"(solved-rate IQM; {'; '.join(parts)}). Seeds and budget are far below the paper's; see the CIs.")
+        values = {m: [r["metrics"]["solved_rate"] for r in records if r["method"] == m and r["task"] == task]
+                  for m in UED_METHODS}
+        if any(not v for v in values.values()):
+            return ("DRED >= PLR >= DR zero-shot, larger on held-out structures (paper): not every method has "
+                    f"finished {task} yet.")
+        stats = {m: iqm_ci(v) for m, v in values.items()}
+        score = {m: stats[m][0] for m in UED_METHODS}
+        orders.append(score["dred"] >= score["plr"] >= score["dr"])
+        gaps[task] = score["dred"] - score["plr"]
+        separated.append(stats["dred"][1] > max(stats[m][2] for m in UED_METHODS if m != "dred"))
+        parts.append(f"{task.removeprefix('cave_escape-')}: " + ", ".join(f"{m.upper() if m != 'uniform' else m} "
+                                                                          f"{score[m]:.3f}" for m in UED_METHODS))
+    order = ("holds on both sets" if all(orders) else "holds on neither set" if not any(orders)
+             else f"holds on {'in_dist' if orders[0] else 'held_out_structures'} only")
+    larger = gaps["cave_escape-held_out_structures"] > gaps["cave_escape-in_dist"]
+    return (f"DRED >= PLR >= DR zero-shot, with a larger gain on held-out structures (paper): the order {order} "
+            f"(solved-rate IQM; {'; '.join(parts)}); DRED - PLR is {gaps['cave_escape-in_dist']:+.3f} in distribution "
+            f"and {gaps['cave_escape-held_out_structures']:+.3f} on held-out structures "
+            f"({'larger' if larger else 'not larger'} there); DRED's CI "
+            f"{'clears' if all(separated) else 'overlaps'} every other method's "
+            f"{'on both sets' if all(separated) or not any(separated) else 'on one set'}. Seeds and budget are far "
+            "below the paper's.")
 
 
 LEVEL_GENERATION = Suite(
     name="level_generation",
     title="DRED (data-regularised environment design) against DR, uniform and PLR: zero-shot CaveEscape",
     grid=_level_cells, record=_level_record, headline="solved_rate", notes=_level_notes,
-    claims=(_dred_claim,), extra_markdown=_level_extra, prepare=_prepare_level_generation,
+    claims=(_dred_claim,), extra_markdown=_level_extra, prepare=_prepare_level_generation, tables=_level_tables,
     budgets=("cpu", "paper", "tiny"),
 )
 

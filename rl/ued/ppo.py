@@ -281,6 +281,7 @@ def level_set_metrics(name: str, levels: list[Level], returns: np.ndarray) -> di
     for structure in sorted({level.structure for level in levels}):
         mask = np.array([level.structure == structure for level in levels])
         metrics[f"{name}/solved_rate/{structure or 'unnamed'}"] = float(solved[mask].mean())
+        metrics[f"{name}/return/{structure or 'unnamed'}"] = float(returns[mask].mean())
     return metrics
 
 
