@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import pickle
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,9 @@ def client_train(msg: Message, context: Context) -> Message:
     model = make_model(settings.seed)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     model.eval()  # no dropout or batch-norm in this model; eval keeps it that way for any model
-    noise_seed = np.random.SeedSequence([settings.seed, server_round, partition_id]).generate_state(1)[0]
-    generator = torch.Generator().manual_seed(int(noise_seed))
+    # The defense's noise comes from the operating system's entropy: seeded from anything the server
+    # also knows (run seed, round, partition id) it could be regenerated and subtracted exactly.
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
     weights = [p.detach().clone() for p in model.parameters()]
     if settings.mode == "fedsgd":
         batch = client_batch(mine, settings.batch_size, server_round, partition_id, settings.seed)

@@ -83,6 +83,26 @@ def test_defenses_clip_prune_and_noise():
         defend("blur", update, torch.Generator())
 
 
+def test_the_server_cannot_regenerate_the_client_noise():
+    """The reconstruction an independent review did against the former client (noise seeded from run
+    seed, round and partition id, all known to the server): it must leave the noise in place now."""
+    from grp_workbench.federated.app import client_partitions, mnist_with_roles
+
+    model, std = make_model(0), 0.05
+    context = _context(batch_size=4, local_lr=1.0, defense="noise", noise_std=std)
+    replies = [client_app(_train_message(model), context).content["arrays"].to_torch_state_dict() for _ in range(2)]
+    data, _ = mnist_with_roles("", 0)
+    batch = client_batch(client_partitions("", 0, 10, "iid", 0.5)[3], 4, 1, 3, 0)  # the server can recompute it
+    clean = batch_gradient(model, data.images[batch], data.labels[batch])
+    noise = [w.detach() - replies[0][name] - g for (name, w), g in zip(model.named_parameters(), clean)]
+    seed = np.random.SeedSequence([0, 1, 3]).generate_state(1)[0]
+    guess = torch.Generator().manual_seed(int(seed))
+    # update = w - lr * (g + n) with lr 1: the server subtracts its regenerated guess of n
+    residual = torch.cat([(n - std * torch.randn(n.shape, generator=guess)).flatten() for n in noise])
+    assert residual.std().item() > std  # ~ std * sqrt(2), not the 2.6e-7 the seeded client allowed
+    assert not torch.equal(replies[0]["features.0.weight"], replies[1]["features.0.weight"])  # fresh noise
+
+
 def _capture_one_update(tmp_path, batch_size, local_lr):
     """Client 3's round-1 FedSGD update, aggregated by the curious server, which records it."""
     model = make_model(0)
