@@ -73,14 +73,25 @@ class FLSettings:
             raise FederatedError(f"mode={settings.mode!r} must be fedsgd or fedavg.")
         if settings.partition not in ("iid", "dirichlet"):
             raise FederatedError(f"partition={settings.partition!r} must be iid or dirichlet.")
+        settings.rounds_to_capture()  # a malformed list is one line here, before Ray or Flower start
+        if settings.capture_partitions != "all":
+            _id_list("capture_partitions", settings.capture_partitions, "comma-separated partition ids or 'all'")
         return settings
 
     def rounds_to_capture(self) -> set[int]:
-        return {int(r) for r in self.capture_rounds.split(",") if r.strip()}
+        return _id_list("capture_rounds", self.capture_rounds, "comma-separated round numbers, e.g. 1,3")
 
     def captures(self, partition_id: int) -> bool:
-        return self.capture_partitions == "all" or partition_id in {
-            int(p) for p in self.capture_partitions.split(",") if p.strip()}
+        return self.capture_partitions == "all" or partition_id in _id_list(
+            "capture_partitions", self.capture_partitions, "comma-separated partition ids or 'all'")
+
+
+def _id_list(key: str, value: str, expected: str) -> set[int]:
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    bad = [item for item in items if not item.isdigit()]
+    if bad:
+        raise FederatedError(f"{key}={value!r}: {bad[0]!r} is not a non-negative integer; expected {expected}.")
+    return {int(item) for item in items}
 
 
 def make_model(seed: int) -> SmallCNN:

@@ -133,6 +133,23 @@ def test_bad_run_config_names_the_key():
         FLSettings.from_run_config({"batch-sise": 4})
     with pytest.raises(FederatedError, match="mode='fedsdg'"):
         FLSettings.from_run_config({"mode": "fedsdg"})
+    with pytest.raises(FederatedError, match=r"capture_rounds='x': 'x' is not a non-negative integer"):
+        FLSettings.from_run_config({"capture-rounds": "x"})
+    with pytest.raises(FederatedError, match=r"capture_partitions='0,b'"):
+        FLSettings.from_run_config({"capture-partitions": "0,b"})
+
+
+def test_a_bad_capture_list_stops_the_simulate_command_before_ray_starts():
+    import sys
+
+    from typer.testing import CliRunner
+
+    from grp_workbench.harness.cli import app
+
+    result = CliRunner().invoke(app, ["federated", "simulate", "--set", "capture_rounds=x"])
+    # the console script prints this one line (exit 2); CliRunner hands back the error itself
+    assert isinstance(result.exception, FederatedError) and "capture_rounds='x'" in str(result.exception)
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
 
 
 def test_attack_runs_on_a_capture_and_scores_against_the_recomputed_batch(tmp_path):
