@@ -180,10 +180,12 @@ class CuriousFedAvg(FedAvg):
     """FedAvg that also records chosen clients' updates, with what an attacker knows, to disk."""
 
     def __init__(self, settings: FLSettings, capture_dir: Path, **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(train_metrics_aggr_fn=aggregate_train_metrics, **kwargs)
         self.settings, self.capture_dir = settings, capture_dir
         self.sent: dict[int, dict[str, torch.Tensor]] = {}
         self.captured: list[str] = []
+        # per round: who answered and who failed (Flower drops a failed client's reply; say so)
+        self.rounds: list[dict[str, Any]] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         if server_round in self.settings.rounds_to_capture():
@@ -192,6 +194,14 @@ class CuriousFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies):
         replies = list(replies)
+        failed = [r for r in replies if r.has_error()]
+        self.rounds.append({
+            "round": server_round, "participants": len(replies) - len(failed), "failures": len(failed),
+            "failed_nodes": [int(r.metadata.src_node_id) for r in failed],
+            "failure_reasons": [str(r.error.reason) for r in failed]})
+        if failed:
+            print(f"round {server_round}: {len(failed)} of {len(replies)} clients failed and were left out "
+                  f"({failed[0].error.reason}); their updates are neither aggregated nor captured.", flush=True)
         if server_round in self.sent:
             for reply in replies:
                 if reply.has_error():
@@ -244,7 +254,16 @@ def server_main(grid: Grid, context: Context) -> None:
     strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=settings.num_server_rounds,
                    evaluate_fn=evaluate)
     atomic_write_json(output / "summary.json", {"settings": dataclasses.asdict(settings), "history": history,
-                                                "captures": strategy.captured})
+                                                "rounds": strategy.rounds, "captures": strategy.captured})
+
+
+def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """The round's training metrics: examples and clients summed, local steps averaged by examples.
+    Identifiers (a client's partition id) are not averaged into a number that means nothing."""
+    metrics = [record["metrics"] for record in records]
+    examples = sum(int(m[weighting_key]) for m in metrics)
+    steps = sum(float(m["local-steps"]) * int(m[weighting_key]) for m in metrics) / max(examples, 1)
+    return MetricRecord({weighting_key: examples, "local-steps": steps, "clients": len(metrics)})
 
 
 CAPTURE_KEYS = ("round", "partition_id", "global_weights", "client_weights", "mode", "local_lr", "batch_size",

@@ -211,3 +211,19 @@ def test_a_simulation_never_overwrites_captures_of_other_settings(tmp_path):
     with pytest.raises(FederatedError, match="holds the captures of a simulation with other settings \\(batch_size: "
                                              "8 -> 2, num_clients: 10 -> 20\\)"):
         _require_same_settings(dataclasses.replace(settings, batch_size=2), 20)
+
+
+def test_a_failing_client_is_recorded_and_identifiers_are_not_averaged(tmp_path):
+    from flwr.app import Error
+
+    model = make_model(0)
+    good = [client_app(_train_message(model), _context(partition_id=p, batch_size=4)) for p in (1, 3)]
+    failed = Message(Error(code=0, reason="client crashed: out of memory"), reply_to=_train_message(model))
+    strategy = CuriousFedAvg(FLSettings(batch_size=4, capture_rounds="1", capture_partitions="all"), tmp_path,
+                             min_train_nodes=1, min_available_nodes=1)
+    strategy.sent[1] = model.state_dict()
+    _, metrics = strategy.aggregate_train(1, [*good, failed])
+    assert strategy.rounds == [{"round": 1, "participants": 2, "failures": 1, "failed_nodes": [7],
+                                "failure_reasons": ["client crashed: out of memory"]}]
+    assert len(strategy.captured) == 2
+    assert dict(metrics) == {"num-examples": 8, "local-steps": 1.0, "clients": 2}  # no averaged partition id
