@@ -8,6 +8,7 @@ mnist_classifier`` (budget ``cpu``: the quick preset, seeds 0 1 2; ``paper``: th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -101,6 +102,8 @@ GI_CLIP_NORM = 4.0  # GIFD's bound; every bs-1 update of the untrained model is 
 
 
 def _gi_cells(options: BenchOptions) -> list[Cell]:
+    from grp_workbench.federated.attack import attack_config
+
     cells = []
     for states, batch_sizes, defenses, attacks, ood_defenses, clients in GI_DESIGNS[options.budget]:
         for state in states:
@@ -112,9 +115,13 @@ def _gi_cells(options: BenchOptions) -> list[Cell]:
                                 continue
                             task = f"bs{batch_size}-{state}-{'ood' if prior == 'ood' else 'indist'}-{defense}"
                             for index in options.seeds or range(GI_BATCHES[options.budget]):
+                                # the resolved settings, so a changed default (DLG's inner L-BFGS
+                                # iterations, issue 19) makes the cell due again instead of "done"
+                                settings = dataclasses.asdict(attack_config(attack, GI_PRESET[options.budget]))
                                 params = {"state": state, "batch_size": batch_size, "defense": defense,
                                           "clients": clients, "clip_norm": GI_CLIP_NORM, "attack": attack,
-                                          "prior": prior, "preset": GI_PRESET[options.budget], "index": index}
+                                          "prior": prior, "preset": GI_PRESET[options.budget], "index": index,
+                                          "attack_config": settings}
                                 cells.append(Cell(attack, task, index, None, params,
                                                   f"{task}/{attack}/batch{index:02d}", measure=_measure_inversion))
     return cells

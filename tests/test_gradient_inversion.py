@@ -80,11 +80,27 @@ def test_dlg_reduces_the_gradient_distance_and_idlg_recovers_the_image(mnist):
     def run(**kwargs):
         return dlg.reconstruct(model, target, 1, (1, 28, 28), dlg.DLGConfig(**kwargs), torch.Generator().manual_seed(0))
 
-    assert run(iterations=30)[2]["gradient_loss"] < 0.5 * run(iterations=0)[2]["gradient_loss"]
-    reconstructed, labels, _ = run(iterations=30, infer_labels=True)
+    assert run(iterations=30, inner_iterations=1)[2]["gradient_loss"] < 0.5 * run(iterations=0)[2]["gradient_loss"]
+    reconstructed, labels, _ = run(iterations=30, inner_iterations=1, infer_labels=True)
     assert labels.tolist() == label.tolist() and psnr(reconstructed, image).item() > 15
-    diverged, _, stats = run(iterations=20, lr=1e12)  # L-BFGS blows up: the last finite iterate comes back
+    diverged, _, stats = run(iterations=20, inner_iterations=1, lr=1e12)  # L-BFGS blows up: last finite iterate
     assert torch.isfinite(diverged).all() and stats["iterations"] < 20
+
+
+def test_dlg_takes_the_originals_inner_lbfgs_iterations_unless_set(monkeypatch):
+    built = []
+    original = torch.optim.LBFGS
+
+    def recording_lbfgs(*args, **kwargs):
+        built.append(kwargs["max_iter"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", recording_lbfgs)
+    model = _small_model()
+    target = batch_gradient(model, torch.rand(1, 1, 28, 28), torch.tensor([3]))
+    for config in (dlg.DLGConfig(iterations=1), dlg.DLGConfig(iterations=1, inner_iterations=5)):
+        dlg.reconstruct(model, target, 1, (1, 28, 28), config, torch.Generator().manual_seed(0))
+    assert built == [20, 5]  # torch's default, which mit-han-lab/dlg leaves unset
 
 
 # ---- generative priors: GGL and GIFD -----------------------------------------------------------

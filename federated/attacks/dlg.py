@@ -3,7 +3,10 @@
 DLG optimizes dummy images and dummy soft labels jointly with L-BFGS so that their gradient matches
 the captured one in squared Euclidean distance. iDLG first reads the labels off the last layer's
 gradient (``infer_labels``) and optimizes the images alone. Defaults from the papers / the DLG code
-(mit-han-lab/dlg): L-BFGS lr 1, 300 iterations, images initialized from N(0, 1).
+(mit-han-lab/dlg, ``main.py``: ``torch.optim.LBFGS([dummy_data, dummy_label])`` stepped 300 times):
+L-BFGS lr 1, 300 iterations, images initialized from N(0, 1), and torch's default ``max_iter=20``
+inner iterations per step, which the original leaves unset. (Before issue 19 this module set
+``max_iter=1``, so the "paper" preset did a twentieth of the original's work.)
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from grp_workbench.federated.attacks.common import dummy_gradient, euclidean_los
 
 @dataclass
 class DLGConfig:
-    iterations: int = 300
+    iterations: int = 300  # optimizer.step calls (the original's 300)
+    inner_iterations: int = 20  # L-BFGS max_iter per step: torch's default, which mit-han-lab/dlg keeps
     lr: float = 1.0
     infer_labels: bool = False  # True = iDLG
     restarts: int = 1
@@ -30,7 +34,7 @@ def _one_restart(model: nn.Module, target: list[torch.Tensor], batch_size: int, 
     images = torch.randn((batch_size, *image_shape), generator=generator).requires_grad_(True)
     label_logits = torch.randn((batch_size, num_classes), generator=generator).requires_grad_(True)
     optimizer = torch.optim.LBFGS([images] if labels_known is not None else [images, label_logits], lr=config.lr,
-                                  max_iter=1, history_size=100)
+                                  max_iter=config.inner_iterations, history_size=100)
 
     def label_target() -> torch.Tensor:
         return labels_known if labels_known is not None else label_logits.softmax(-1)
