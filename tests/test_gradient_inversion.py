@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from grp_workbench.federated import FederatedError
 from grp_workbench.federated.app import batch_gradient, make_model
 from grp_workbench.federated.attacks import dlg
 from grp_workbench.federated.attacks import inverting_gradients as ig
@@ -176,3 +177,10 @@ def test_dcgan_prior_trains_through_the_harness_and_loads(tmp_path):
     assert len(OOD_CLASSES) == 5
     with pytest.raises(Exception, match="train-prior"):
         load_generator(tmp_path / "missing")
+
+
+def test_inverting_gradients_defaults_are_inversefeds():
+    config = ig.InvertingGradientsConfig()
+    assert (config.signed, config.init, config.lr, config.tv_weight) == (False, "randn", 0.1, 1e-4)
+    with pytest.raises(FederatedError, match="init='zeros' must be randn"):
+        ig.InvertingGradientsConfig(init="zeros")

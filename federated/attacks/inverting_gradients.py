@@ -1,10 +1,16 @@
 """Inverting Gradients (Geiping et al., NeurIPS 2020), the attack GIFD builds on.
 
-Labels from the last layer's gradient; images optimized with Adam (signed gradients, lr 0.1, step
-decay ×0.1 at 3/8, 5/8, 7/8 of the iterations) to minimize 1 − cos(∇θ(x̂), ∇θ*) + λ_TV·TV(x̂), kept
-in the valid box [0, 1]; several restarts, the one with the lowest gradient loss is returned (no
+Labels from the last layer's gradient; images optimized with Adam (lr 0.1, step decay ×0.1 at 3/8,
+5/8, 7/8 of the iterations) to minimize 1 − cos(∇θ(x̂), ∇θ*) + λ_TV·TV(x̂), kept in the valid box
+[0, 1] after every step; several restarts, the one with the lowest gradient loss is returned (no
 ground truth is used to choose). GIFD's config: TV 1e-4, 4 restarts; its pixel baseline runs
 15,000 iterations, the ``quick`` setting a few hundred.
+
+Start and gradient sign as the official ``inversefed`` (JonasGeiping/invertinggradients,
+``inversefed/reconstruction_algorithms.py``, ``DEFAULT_CONFIG``: ``signed=False``, ``init='randn'``,
+``boxed=True``): plain (unsigned) Adam steps from a standard normal start, clamped into the box
+after each step. This module's former choices (signed gradients, a uniform [0, 1] start) are the
+options ``signed=True`` and ``init="uniform"``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from grp_workbench.federated import FederatedError
 from grp_workbench.federated.attacks.common import cosine_loss, dummy_gradient, infer_labels, total_variation
 
 
@@ -23,7 +30,12 @@ class InvertingGradientsConfig:
     lr: float = 0.1
     tv_weight: float = 1e-4
     restarts: int = 4
-    signed: bool = True
+    signed: bool = False  # inversefed's default; True = sign of the gradient (breaching's IG config)
+    init: str = "randn"  # randn (inversefed) | uniform (a uniform [0, 1] start)
+
+    def __post_init__(self) -> None:
+        if self.init not in ("randn", "uniform"):
+            raise FederatedError(f"init={self.init!r} must be randn (inversefed's) or uniform.")
 
 
 def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, image_shape: tuple[int, ...],
@@ -33,7 +45,8 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, i
     milestones = [int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     best = None
     for _ in range(config.restarts):
-        images = torch.rand((batch_size, *image_shape), generator=generator).requires_grad_(True)
+        draw = torch.randn if config.init == "randn" else torch.rand
+        images = draw((batch_size, *image_shape), generator=generator).requires_grad_(True)
         optimizer = torch.optim.Adam([images], lr=config.lr)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
         for _ in range(config.iterations):
