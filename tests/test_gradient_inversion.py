@@ -149,6 +149,19 @@ def test_gifd_feature_domains_match_the_gradient_better_than_the_latent_alone():
     assert psnr(reconstructed, image).item() > psnr(start, image).item() + 2
 
 
+def test_gifd_chooses_by_the_gradient_cost_alone():
+    from grp_workbench.federated.attacks import gifd
+
+    generator, model = _contrasty_generator(), _small_model()
+    image, _ = _generated_target(generator)
+    target = batch_gradient(model, image, torch.tensor([3]))
+    config = gifd.GIFDConfig(steps_per_stage=5, restarts=2, last_stage=1, tv_weight=10.0)  # a large TV term
+    reconstructed, labels, info = gifd.reconstruct(model, target, 1, generator, config,
+                                                   torch.Generator().manual_seed(0))
+    cost = cosine_loss(dummy_gradient(model, reconstructed, labels, create_graph=False), target).item()
+    assert info["gradient_loss"] == pytest.approx(cost, abs=1e-6)  # what was compared: no TV in it
+
+
 def test_ggl_search_lowers_the_gradient_distance():
     from grp_workbench.federated.attacks import ggl
     from grp_workbench.federated.attacks.common import euclidean_loss

@@ -9,9 +9,14 @@ The algorithm, as in the official ``inter_optimizer``:
    it through blocks k.. of the frozen generator; after every Adam step the deviation from the
    stage's starting point is projected onto an l1 ball of radius r_k, so the features stay near the
    generator's range.
-3. Every stage has ``restarts`` chains; each stage keeps the chain with the lowest gradient loss,
-   and the attack returns the stage output with the lowest gradient loss over all stages. The
-   ground truth never enters a choice.
+3. Every stage has ``restarts`` chains; each stage keeps the chain with the lowest gradient cost,
+   and the attack returns the stage output with the lowest gradient cost over all stages. The
+   choice reads the gradient cost alone (1 - cos), without the TV and norm terms of the objective,
+   as the official ``choose_optimal`` scores trials with ``_score_trial`` (``reconstruction_costs``
+   only; ``inversefed/reconstruction_algorithms.py``); before issue 19 this module chose by the
+   whole objective. Every restart is scored before the choice (the official loop can stop scoring
+   early on a tolerance and leave unscored restarts at 0, eligible for the argmin). The winning
+   stage is reported (``chosen_stage``) with every stage's cost (``stage<k>_loss``).
 
 Cost: 1 - cos(grad(x), grad*) over all layers at once (GIFD's ``sim_cmpr0``) + TV 1e-4 + image norm
 1e-6. Learning rate: 0.1 with GIFD's warm-up and cosine decay within every stage, 1,000 steps per
@@ -77,6 +82,9 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, g
         image_norm = images.flatten(1).norm(dim=1).sum() / images[0, 0].numel()
         return loss + config.tv_weight * total_variation(images) + config.image_norm_weight * image_norm
 
+    def gradient_cost(images: torch.Tensor) -> float:
+        return cosine_loss(dummy_gradient(model, images, labels, defense, create_graph=False), target).item()
+
     chains = [torch.randn(batch_size, generator_net.z_dim, generator=generator) for _ in range(config.restarts)]
     stage_results = []  # (loss, images, stage)
     for stage in range(last + 1):
@@ -100,7 +108,7 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, g
                 images = generator_net.from_features(variable, stage).clamp(0, 1)
                 # the next stage starts from this chain's output of block ``stage``
                 chains[index] = generator_net.blocks[stage](variable) if stage < last else variable
-            loss = objective(images, graph=False).item()
+            loss = gradient_cost(images)
             if best is None or loss < best[0]:
                 best = (loss, images, stage)
         stage_results.append(best)
