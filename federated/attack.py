@@ -35,10 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"dlg": {}, "idlg": {"infer_labels": True}, "ig": {}, "ggl": {}, "gifd": {}},
     # quick: 10 L-BFGS steps of 20 inner iterations (twice the inner work of the former 100 steps of 1)
     "quick": {"dlg": {"iterations": 10}, "idlg": {"iterations": 10, "infer_labels": True},
-              "ig": {"iterations": 500, "restarts": 2}, "ggl": {"budget": 60, "num_sample": 20},
+              "ig": {"iterations": 500, "restarts": 2}, "ggl": {"budget": 60, "num_sample": 20, "restarts": 1},
               "gifd": {"steps_per_stage": 150, "restarts": 2}},
     "tiny": {"dlg": {"iterations": 3}, "idlg": {"iterations": 3, "infer_labels": True},
-             "ig": {"iterations": 10, "restarts": 1}, "ggl": {"budget": 2, "num_sample": 4},
+             "ig": {"iterations": 10, "restarts": 1}, "ggl": {"budget": 2, "num_sample": 4, "restarts": 1},
              "gifd": {"steps_per_stage": 3, "restarts": 1}},
 }
 

@@ -170,9 +170,14 @@ def test_ggl_search_lowers_the_gradient_distance():
     image, start = _generated_target(generator)
     target = batch_gradient(model, image, torch.tensor([3]))
     start_distance = euclidean_loss(batch_gradient(model, start, torch.tensor([3])), target).item()
-    _, _, info = ggl.reconstruct(model, target, 1, generator, ggl.GGLConfig(budget=8, num_sample=12),
+    _, _, info = ggl.reconstruct(model, target, 1, generator, ggl.GGLConfig(budget=8, num_sample=12, restarts=1),
                                  torch.Generator().manual_seed(0))
     assert info["gradient_loss"] < start_distance
+    # population and restarts come from the config; the best of the restarts is kept
+    _, _, more = ggl.reconstruct(model, target, 1, generator, ggl.GGLConfig(budget=8, num_sample=6, restarts=3),
+                                 torch.Generator().manual_seed(0))
+    assert more["iterations"] == 3 * 8 * 6 and more["gradient_loss"] < start_distance
+    assert ggl.GGLConfig().restarts == 4 and ggl.GGLConfig().num_sample == 50  # GIFD's configs_biggan.yml
 
 
 def test_dcgan_prior_trains_through_the_harness_and_loads(tmp_path):
