@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from grp_workbench.federated import FederatedError
 from grp_workbench.federated.data import ImageDataset, load_mnist
-from grp_workbench.federated.defenses import defend
+from grp_workbench.federated.defenses import defend, soteria
 from grp_workbench.federated.models import SmallCNN
 from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
 from grp_workbench.harness.config import apply_overrides
@@ -56,6 +56,7 @@ class FLSettings:
     noise_std: float = 0.01
     clip_norm: float = 4.0
     prune_fraction: float = 0.2
+    soteria_rate: float = 10.0  # soteria: percent of last-layer input features pruned
     capture_rounds: str = "1"  # comma-separated rounds whose updates the server records ("" = none)
     capture_partitions: str = "0"  # comma-separated partition ids to record ("all" = every sampled client)
     output_dir: str = "runs/federated/app"
@@ -73,6 +74,8 @@ class FLSettings:
             raise FederatedError(f"mode={settings.mode!r} must be fedsgd or fedavg.")
         if settings.partition not in ("iid", "dirichlet"):
             raise FederatedError(f"partition={settings.partition!r} must be iid or dirichlet.")
+        if settings.defense == "soteria" and settings.mode != "fedsgd":
+            raise FederatedError("defense=soteria perturbs one FedSGD gradient; use mode=fedsgd (or another defense).")
         settings.rounds_to_capture()  # a malformed list is one line here, before Ray or Flower start
         if settings.capture_partitions != "all":
             _id_list("capture_partitions", settings.capture_partitions, "comma-separated partition ids or 'all'")
@@ -148,8 +151,11 @@ def client_train(msg: Message, context: Context) -> Message:
     if settings.mode == "fedsgd":
         batch = client_batch(mine, settings.batch_size, server_round, partition_id, settings.seed)
         gradient = batch_gradient(model, data.images[batch], data.labels[batch])
-        shared = defend(settings.defense, gradient, generator, settings.noise_std, settings.clip_norm,
-                        settings.prune_fraction)
+        if settings.defense == "soteria":
+            shared = soteria(model, data.images[batch], gradient, settings.soteria_rate)
+        else:
+            shared = defend(settings.defense, gradient, generator, settings.noise_std, settings.clip_norm,
+                            settings.prune_fraction)
         new_weights = [w - settings.local_lr * g for w, g in zip(weights, shared)]
         n_examples, steps = len(batch), 1
     else:
@@ -221,7 +227,7 @@ class CuriousFedAvg(FedAvg):
             "local_steps": int(metrics["local-steps"]), "num_examples": int(metrics["num-examples"]),
             "num_partitions": int(metrics["num-partitions"]),  # for recomputing the ground truth when scoring
             "defense": {"name": s.defense, "noise_std": s.noise_std, "clip_norm": s.clip_norm,
-                        "prune_fraction": s.prune_fraction},
+                        "prune_fraction": s.prune_fraction, "soteria_rate": s.soteria_rate},
             "settings": dataclasses.asdict(s),
         }
         path = self.capture_dir / f"round{server_round:03d}-client{partition_id:04d}.pt"

@@ -105,6 +105,8 @@ def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = N
     target = record["gradient"]
     batch_size = record["batch_size"]
     defense = record["defense"] if adaptive and record["defense"]["name"] in ("clip", "prune") else None
+    if adaptive and record["defense"]["name"] == "soteria":  # the pruned columns are zero in the target
+        defense = {"name": "soteria", "feature_mask": (target[-2][0] != 0).to(target[-2].dtype)}
     generator = torch.Generator().manual_seed(seed)
     config = attack_config(name, preset, overrides)
     start = time.perf_counter()

@@ -227,3 +227,28 @@ def test_a_failing_client_is_recorded_and_identifiers_are_not_averaged(tmp_path)
                                 "failure_reasons": ["client crashed: out of memory"]}]
     assert len(strategy.captured) == 2
     assert dict(metrics) == {"num-examples": 8, "local-steps": 1.0, "clients": 2}  # no averaged partition id
+
+
+def test_soteria_prunes_the_least_informative_features_of_the_last_layer():
+    from grp_workbench.federated.defenses import soteria, soteria_mask
+
+    model = make_model(0)
+    data = load_mnist(None, "test")
+    images, labels = data.images[:4], data.labels[:4]
+    # untrained, about half the features are inactive on 4 images (score 0): the official strict
+    # "< percentile" rule prunes none of them at 25%, and 60% of all features at 60%
+    assert int((soteria_mask(model, images, rate=25.0) == 0).sum()) == 0
+    mask = soteria_mask(model, images, rate=60.0)
+    hidden = model.head[-1].in_features
+    assert mask.shape == (hidden,) and int((mask == 0).sum()) == pytest.approx(0.6 * hidden, abs=2)
+    gradient = batch_gradient(model, images, labels)
+    shared = soteria(model, images, gradient, rate=60.0)
+    assert torch.equal(shared[-2][:, mask == 0], torch.zeros_like(shared[-2][:, mask == 0]))
+    assert all(torch.equal(a, b) for a, b in zip(shared[:-2] + shared[-1:], gradient[:-2] + gradient[-1:]))
+    # the client applies it in FedSGD; the adaptive attacker reads the same columns off the target
+    reply = client_app(_train_message(model), _context(batch_size=4, local_lr=1.0, defense="soteria",
+                                                       soteria_rate=60.0))
+    update = [w.detach() - reply.content["arrays"].to_torch_state_dict()[n] for n, w in model.named_parameters()]
+    assert int((update[-2][0] == 0).sum()) >= int((mask == 0).sum()) - 2
+    with pytest.raises(FederatedError, match="soteria perturbs one FedSGD gradient"):
+        FLSettings.from_run_config({"defense": "soteria", "mode": "fedavg"})

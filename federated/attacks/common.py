@@ -27,7 +27,8 @@ def dummy_gradient(model: nn.Module, images: torch.Tensor, label_target: torch.T
         loss = F.cross_entropy(logits, label_target)
     gradient = list(torch.autograd.grad(loss, list(model.parameters()), create_graph=create_graph))
     if defense:
-        gradient = deterministic_part(defense["name"], gradient, defense["clip_norm"], defense["prune_fraction"])
+        gradient = deterministic_part(defense["name"], gradient, defense.get("clip_norm", 4.0),
+                                      defense.get("prune_fraction", 0.2), defense.get("feature_mask"))
     return gradient
 
 
