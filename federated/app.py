@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from grp_workbench.federated import FederatedError
 from grp_workbench.federated.data import ImageDataset, load_mnist
-from grp_workbench.federated.defenses import defend, soteria
+from grp_workbench.federated.defenses import defend, local_dp, local_dp_std, soteria
 from grp_workbench.federated.models import SmallCNN
 from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
 from grp_workbench.harness.config import apply_overrides
@@ -57,6 +57,8 @@ class FLSettings:
     clip_norm: float = 4.0
     prune_fraction: float = 0.2
     soteria_rate: float = 10.0  # soteria: percent of last-layer input features pruned
+    dp_epsilon: float = 8.0  # dp: the (epsilon, delta) of each released update (Flower's LocalDpMod)
+    dp_delta: float = 1e-5
     capture_rounds: str = "1"  # comma-separated rounds whose updates the server records ("" = none)
     capture_partitions: str = "0"  # comma-separated partition ids to record ("all" = every sampled client)
     output_dir: str = "runs/federated/app"
@@ -74,6 +76,8 @@ class FLSettings:
             raise FederatedError(f"mode={settings.mode!r} must be fedsgd or fedavg.")
         if settings.partition not in ("iid", "dirichlet"):
             raise FederatedError(f"partition={settings.partition!r} must be iid or dirichlet.")
+        if settings.defense == "dp":
+            local_dp_std(settings.clip_norm, settings.dp_epsilon, settings.dp_delta)  # bad values: one line now
         if settings.defense == "soteria" and settings.mode != "fedsgd":
             raise FederatedError("defense=soteria perturbs one FedSGD gradient; use mode=fedsgd (or another defense).")
         settings.rounds_to_capture()  # a malformed list is one line here, before Ray or Flower start
@@ -153,9 +157,13 @@ def client_train(msg: Message, context: Context) -> Message:
         gradient = batch_gradient(model, data.images[batch], data.labels[batch])
         if settings.defense == "soteria":
             shared = soteria(model, data.images[batch], gradient, settings.soteria_rate)
-        else:
+        elif settings.defense != "dp":
             shared = defend(settings.defense, gradient, generator, settings.noise_std, settings.clip_norm,
                             settings.prune_fraction)
+        else:  # LocalDpMod clips and noises the update new - old = -lr * gradient
+            update = local_dp([-settings.local_lr * g for g in gradient], generator, settings.clip_norm,
+                              settings.dp_epsilon, settings.dp_delta)
+            shared = [-u / settings.local_lr for u in update]
         new_weights = [w - settings.local_lr * g for w, g in zip(weights, shared)]
         n_examples, steps = len(batch), 1
     else:
@@ -171,8 +179,11 @@ def client_train(msg: Message, context: Context) -> Message:
                 optimizer.step()
                 steps += 1
         delta = [p.detach() - w for p, w in zip(model.parameters(), weights)]
-        delta = defend(settings.defense, delta, generator, settings.noise_std, settings.clip_norm,
-                       settings.prune_fraction)
+        if settings.defense == "dp":
+            delta = local_dp(delta, generator, settings.clip_norm, settings.dp_epsilon, settings.dp_delta)
+        else:
+            delta = defend(settings.defense, delta, generator, settings.noise_std, settings.clip_norm,
+                           settings.prune_fraction)
         new_weights = [w + d for w, d in zip(weights, delta)]
         n_examples = len(mine) * settings.local_epochs
     state = {name: tensor for (name, _), tensor in zip(model.named_parameters(), new_weights)}
@@ -227,7 +238,11 @@ class CuriousFedAvg(FedAvg):
             "local_steps": int(metrics["local-steps"]), "num_examples": int(metrics["num-examples"]),
             "num_partitions": int(metrics["num-partitions"]),  # for recomputing the ground truth when scoring
             "defense": {"name": s.defense, "noise_std": s.noise_std, "clip_norm": s.clip_norm,
-                        "prune_fraction": s.prune_fraction, "soteria_rate": s.soteria_rate},
+                        "prune_fraction": s.prune_fraction, "soteria_rate": s.soteria_rate,
+                        # the privacy of this update (per round), next to every DP capture
+                        **({"epsilon": s.dp_epsilon, "delta": s.dp_delta,
+                            "noise_std": local_dp_std(s.clip_norm, s.dp_epsilon, s.dp_delta)}
+                           if s.defense == "dp" else {})},
             "settings": dataclasses.asdict(s),
         }
         path = self.capture_dir / f"round{server_round:03d}-client{partition_id:04d}.pt"

@@ -16,6 +16,16 @@
   untrained model (about half the features inactive on a small batch) rates under ~50% prune
   nothing (those columns are zero already).
 
+* ``dp``: local differential privacy as Flower's ``LocalDpMod`` (``flwr/client/mod/localdp_mod.py``):
+  the update (new minus old weights) is clipped to L2 norm ``clip_norm`` with Flower's own
+  ``compute_clip_model_update``, then Gaussian noise of std
+  ``sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon`` (``add_localdp_gaussian_noise_to_params``;
+  sensitivity = the clipping norm) is added: an (epsilon, delta)-DP release of each update. The
+  mod itself is not mounted because it converts messages through Flower's legacy FitIns records
+  (our app speaks the Message API with ``arrays``), and because it draws from NumPy's global
+  generator; the noise here comes from the client's OS-entropy generator. epsilon is per released
+  update (one round); composition over rounds is not accounted.
+
 ``clip`` and ``prune`` are deterministic given the update, so an adaptive attacker applies them to
 its own dummy gradients too (``deterministic_part``); noise it cannot reproduce. Against
 ``soteria`` the adaptive attacker zeroes the same columns of its dummy last-layer gradient, read
@@ -25,12 +35,14 @@ off the target (columns that are zero there), as GIFD's attack code does
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from grp_workbench.federated import FederatedError
 
-DEFENSES = ("none", "noise", "clip", "clip+noise", "prune", "soteria")
+DEFENSES = ("none", "noise", "clip", "clip+noise", "prune", "soteria", "dp")
 
 
 def clip_global_norm(update: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
@@ -62,6 +74,27 @@ def deterministic_part(defense: str, update: list[torch.Tensor], clip_norm: floa
     if defense == "soteria" and feature_mask is not None:
         return [*update[:-2], update[-2] * feature_mask, update[-1]]
     return update
+
+
+def local_dp_std(sensitivity: float, epsilon: float, delta: float) -> float:
+    """The Gaussian mechanism's std in Flower's ``add_localdp_gaussian_noise_to_params``."""
+    if sensitivity <= 0 or epsilon <= 0 or not 0 < delta < 1:
+        raise FederatedError(f"local DP needs clip_norm > 0, dp_epsilon > 0 and 0 < dp_delta < 1 (got {sensitivity}, "
+                             f"{epsilon}, {delta}).")
+    return sensitivity * math.sqrt(2 * math.log(1.25 / delta)) / epsilon
+
+
+def local_dp(update: list[torch.Tensor], generator: torch.Generator, clip_norm: float, epsilon: float,
+             delta: float) -> list[torch.Tensor]:
+    """Clip the update with Flower's ``compute_clip_model_update``, then add (epsilon, delta) noise."""
+    from flwr.supercore.differential_privacy import compute_clip_model_update
+
+    clipped = [t.detach().cpu().numpy().astype("float64") for t in update]
+    zeros = [0.0 * a for a in clipped]
+    compute_clip_model_update(clipped, zeros, clip_norm)  # clipped := zeros + clip(clipped - zeros)
+    std = local_dp_std(clip_norm, epsilon, delta)
+    return [torch.as_tensor(a, dtype=t.dtype) + std * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+            for a, t in zip(clipped, update)]
 
 
 def soteria_mask(model: nn.Module, images: torch.Tensor, rate: float = 10.0) -> torch.Tensor:
@@ -98,6 +131,9 @@ def defend(defense: str, update: list[torch.Tensor], generator: torch.Generator,
     if defense == "soteria":
         raise FederatedError("defense=soteria needs the model and the client's images: call soteria(model, images, "
                              "gradient) on a FedSGD gradient.")
+    if defense == "dp":
+        raise FederatedError("defense=dp needs epsilon and delta: call local_dp(update, generator, clip_norm, "
+                             "epsilon, delta).")
     update = deterministic_part(defense, update, clip_norm, prune_fraction)
     if defense in ("noise", "clip+noise"):
         update = [t + noise_std * torch.randn(t.shape, generator=generator, dtype=t.dtype) for t in update]

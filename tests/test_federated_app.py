@@ -252,3 +252,26 @@ def test_soteria_prunes_the_least_informative_features_of_the_last_layer():
     assert int((update[-2][0] == 0).sum()) >= int((mask == 0).sum()) - 2
     with pytest.raises(FederatedError, match="soteria perturbs one FedSGD gradient"):
         FLSettings.from_run_config({"defense": "soteria", "mode": "fedavg"})
+
+
+def test_local_dp_matches_flowers_gaussian_mechanism_and_reports_epsilon(tmp_path):
+    from grp_workbench.federated.defenses import local_dp, local_dp_std
+
+    # hand-checked: clip 1, epsilon 1, delta 1e-5 -> sqrt(2 ln 125000) = 4.8448
+    assert local_dp_std(1.0, 1.0, 1e-5) == pytest.approx(4.8448, abs=1e-4)
+    update = [torch.full((1000, 100), 1.0)]  # norm 316: clipped to 2 by Flower's compute_clip_model_update
+    noisy = local_dp(update, torch.Generator().manual_seed(0), clip_norm=2.0, epsilon=4.0, delta=1e-5)[0]
+    assert (noisy - 2.0 / 316.2278).std().item() == pytest.approx(local_dp_std(2.0, 4.0, 1e-5), rel=0.02)
+    assert noisy.mean().item() == pytest.approx(2.0 / 316.2278, abs=0.02)
+    with pytest.raises(FederatedError, match="dp_epsilon > 0"):
+        FLSettings.from_run_config({"defense": "dp", "dp-epsilon": 0.0})
+    # the capture states the privacy of the update it holds
+    model = make_model(0)
+    reply = client_app(_train_message(model), _context(batch_size=4, defense="dp", dp_epsilon=8.0))
+    settings = FLSettings(batch_size=4, defense="dp", dp_epsilon=8.0, capture_rounds="1", capture_partitions="3")
+    strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
+    strategy.sent[1] = model.state_dict()
+    strategy.aggregate_train(1, [reply])
+    record = read_capture(strategy.captured[0])
+    assert record["defense"]["epsilon"] == 8.0 and record["defense"]["noise_std"] == pytest.approx(
+        local_dp_std(4.0, 8.0, 1e-5))
