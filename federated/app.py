@@ -32,7 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from grp_workbench.federated import FederatedError
-from grp_workbench.federated.data import ImageDataset, load_mnist
+from grp_workbench.federated.data import ImageDataset, load_digits_as_mnist, load_image_folder, load_mnist
 from grp_workbench.federated.defenses import defend, local_dp, local_dp_std, soteria
 from grp_workbench.federated.models import SmallCNN
 from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
@@ -63,6 +63,10 @@ class FLSettings:
     capture_partitions: str = "0"  # comma-separated partition ids to record ("all" = every sampled client)
     output_dir: str = "runs/federated/app"
     data_dir: str = ""  # MNIST folder; empty = $WORKBENCH_DATA/mnist or ../shared/datasets/mnist
+    # the clients' images: mnist (MNIST's client role), digits (scikit-learn's 1,797 digits upsampled
+    # to 28x28: out of distribution for an MNIST prior), or a folder with one subfolder per label
+    # (0/, 1/, ...) of images (read as 28x28 grayscale); the server's test set stays MNIST
+    client_data: str = "mnist"
     seed: int = 0
 
     @classmethod
@@ -76,6 +80,9 @@ class FLSettings:
             raise FederatedError(f"mode={settings.mode!r} must be fedsgd or fedavg.")
         if settings.partition not in ("iid", "dirichlet"):
             raise FederatedError(f"partition={settings.partition!r} must be iid or dirichlet.")
+        if settings.client_data not in ("mnist", "digits") and not Path(settings.client_data).is_dir():
+            raise FederatedError(f"client_data={settings.client_data!r} must be mnist, digits or a folder of "
+                                 "label subfolders (0/, 1/, ...) of images.")
         if settings.defense == "dp":
             local_dp_std(settings.clip_norm, settings.dp_epsilon, settings.dp_delta)  # bad values: one line now
         if settings.defense == "soteria" and settings.mode != "fedsgd":
@@ -115,11 +122,20 @@ def mnist_with_roles(data_dir: str, seed: int) -> tuple[ImageDataset, dict[str, 
 
 
 @functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
+def client_pool(client_data: str, data_dir: str, seed: int) -> tuple[ImageDataset, np.ndarray]:
+    """The images clients hold and the indices of that array they are dealt from."""
+    if client_data == "mnist":
+        data, roles = mnist_with_roles(data_dir, seed)
+        return data, roles["clients"]
+    data = load_digits_as_mnist() if client_data == "digits" else load_image_folder(client_data)
+    return data, np.arange(len(data))
+
+
 def client_partitions(data_dir: str, seed: int, n_partitions: int, partition: str,
-                      alpha: float) -> list[np.ndarray]:
-    """Each client's image indices (into the MNIST array)."""
-    data, roles = mnist_with_roles(data_dir, seed)
-    pool = roles["clients"]
+                      alpha: float, client_data: str = "mnist") -> list[np.ndarray]:
+    """Each client's image indices (into ``client_pool``'s array)."""
+    data, pool = client_pool(client_data, data_dir, seed)
     if partition == "iid":
         parts = iid_partition(len(pool), n_partitions, seed)
     else:
@@ -142,9 +158,9 @@ def client_train(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config["partition-id"])
     n_partitions = int(context.node_config["num-partitions"])
     server_round = int(msg.content["config"]["server-round"])
-    data, _ = mnist_with_roles(settings.data_dir, settings.seed)
+    data, _ = client_pool(settings.client_data, settings.data_dir, settings.seed)
     mine = client_partitions(settings.data_dir, settings.seed, n_partitions, settings.partition,
-                             settings.dirichlet_alpha)[partition_id]
+                             settings.dirichlet_alpha, settings.client_data)[partition_id]
     model = make_model(settings.seed)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     model.eval()  # no dropout or batch-norm in this model; eval keeps it that way for any model

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from grp_workbench.federated import FederatedError
-from grp_workbench.federated.app import client_partitions, make_model, mnist_with_roles, read_capture
+from grp_workbench.federated.app import client_partitions, client_pool, make_model, read_capture
 from grp_workbench.federated.attacks import dlg, ggl, gifd
 from grp_workbench.federated.attacks import inverting_gradients as ig
 from grp_workbench.federated.metrics import match_order, reconstruction_metrics
@@ -57,9 +57,10 @@ def capture_ground_truth(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
         raise FederatedError("ground truth is only recomputed for FedSGD captures (one batch per update).")
     if "num_partitions" not in record:
         raise FederatedError("this capture predates the num_partitions field; capture it again.")
-    data, _ = mnist_with_roles(settings["data_dir"], settings["seed"])
+    client_data = settings.get("client_data", "mnist")  # captures made before the setting held MNIST
+    data, _ = client_pool(client_data, settings["data_dir"], settings["seed"])
     mine = client_partitions(settings["data_dir"], settings["seed"], record["num_partitions"], settings["partition"],
-                             settings["dirichlet_alpha"])[record["partition_id"]]
+                             settings["dirichlet_alpha"], client_data)[record["partition_id"]]
     batch = client_batch(mine, record["batch_size"], record["round"], record["partition_id"], settings["seed"])
     return data.images[batch], data.labels[batch]
 

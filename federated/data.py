@@ -95,6 +95,29 @@ def load_digits_as_mnist() -> ImageDataset:
                         "scikit-learn digits (1,797 images, 8x8 upsampled to 28x28)")
 
 
+def load_image_folder(folder: str | os.PathLike) -> ImageDataset:
+    """Images in one subfolder per integer label (``0/``, ``1/``, ...), read as 28×28 grayscale in
+    [0, 1] (PIL; resized when another size), for a client population from elsewhere."""
+    from PIL import Image
+
+    root = Path(folder)
+    labelled = sorted((int(d.name), d) for d in root.iterdir() if d.is_dir() and d.name.isdigit()) \
+        if root.is_dir() else []
+    if not labelled:
+        raise FederatedError(f"{root} has no label subfolders (0/, 1/, ...); put each class's images in one.")
+    images, labels = [], []
+    for label, sub in labelled:
+        for path in sorted(p for p in sub.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")):
+            with Image.open(path) as picture:
+                gray = picture.convert("L").resize((28, 28))
+            images.append(torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0))
+            labels.append(label)
+    if not images:
+        raise FederatedError(f"{root}: the label subfolders hold no .png/.jpg/.bmp images.")
+    return ImageDataset(torch.stack(images).unsqueeze(1), torch.tensor(labels), f"image folder {root} "
+                        f"({len(images)} images)")
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "test") -> ImageDataset:
     folder = find_dataset_dir("mnist", data_dir)
     if folder is None:

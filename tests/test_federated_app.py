@@ -275,3 +275,35 @@ def test_local_dp_matches_flowers_gaussian_mechanism_and_reports_epsilon(tmp_pat
     record = read_capture(strategy.captured[0])
     assert record["defense"]["epsilon"] == 8.0 and record["defense"]["noise_std"] == pytest.approx(
         local_dp_std(4.0, 8.0, 1e-5))
+
+
+def test_client_data_is_a_setting_mnist_digits_or_an_image_folder(tmp_path):
+    from PIL import Image
+
+    from grp_workbench.federated.app import client_pool
+    from grp_workbench.federated.attack import capture_ground_truth
+
+    # scikit-learn digits as the clients' data: the capture's ground truth comes from the same pool
+    model = make_model(0)
+    reply = client_app(_train_message(model), _context(batch_size=2, client_data="digits"))
+    settings = FLSettings(batch_size=2, client_data="digits", capture_rounds="1", capture_partitions="3")
+    strategy = CuriousFedAvg(settings, tmp_path / "captures", min_train_nodes=1, min_available_nodes=1)
+    strategy.sent[1] = model.state_dict()
+    strategy.aggregate_train(1, [reply])
+    images, labels = capture_ground_truth(read_capture(strategy.captured[0]))
+    digits, _ = client_pool("digits", "", 0)
+    assert images.shape == (2, 1, 28, 28) and any(torch.equal(images[0], d) for d in digits.images)
+    returned = reply.content["arrays"].to_torch_state_dict()
+    gradient = batch_gradient(model, images, labels)
+    for (name, weight), grad in zip(model.named_parameters(), gradient):
+        assert torch.allclose(returned[name], weight.detach() - 0.1 * grad, atol=1e-6)
+    # an image folder, one subfolder per label
+    for label in (0, 1):
+        (tmp_path / "imgs" / str(label)).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(np.full((32, 32), 40 * (k + 1) + label, dtype=np.uint8)).save(
+                tmp_path / "imgs" / str(label) / f"{k}.png")
+    folder, pool = client_pool(str(tmp_path / "imgs"), "", 0)
+    assert folder.images.shape == (6, 1, 28, 28) and folder.labels.tolist() == [0, 0, 0, 1, 1, 1] and len(pool) == 6
+    with pytest.raises(FederatedError, match="client_data='nowhere' must be mnist, digits or a folder"):
+        FLSettings.from_run_config({"client-data": "nowhere"})
