@@ -344,4 +344,6 @@ def read_capture(path: str | Path) -> dict[str, Any]:
     if record["mode"] == "fedsgd":
         record["gradient"] = [(record["global_weights"][k] - record["client_weights"][k]) / record["local_lr"]
                               for k in record["client_weights"]]
+    else:  # FedAvg: the weight change after the client's local steps
+        record["update"] = [record["client_weights"][k] - record["global_weights"][k] for k in record["client_weights"]]
     return record

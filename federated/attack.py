@@ -53,14 +53,14 @@ def attack_config(name: str, preset: str, overrides: dict[str, Any] | None = Non
 def capture_ground_truth(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The images and labels behind a FedSGD capture (evaluation only: the attacker never sees them)."""
     settings = record["settings"]
-    if record["mode"] != "fedsgd":
-        raise FederatedError("ground truth is only recomputed for FedSGD captures (one batch per update).")
     if "num_partitions" not in record:
         raise FederatedError("this capture predates the num_partitions field; capture it again.")
     client_data = settings.get("client_data", "mnist")  # captures made before the setting held MNIST
     data, _ = client_pool(client_data, settings["data_dir"], settings["seed"])
     mine = client_partitions(settings["data_dir"], settings["seed"], record["num_partitions"], settings["partition"],
                              settings["dirichlet_alpha"], client_data)[record["partition_id"]]
+    if record["mode"] != "fedsgd":  # a FedAvg update: every image the client trained on
+        return data.images[mine], data.labels[mine]
     batch = client_batch(mine, record["batch_size"], record["round"], record["partition_id"], settings["seed"])
     return data.images[batch], data.labels[batch]
 
@@ -100,11 +100,17 @@ def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = N
         raise FederatedError(f"{name} searches a generator's domains: pass --prior RUN_DIR of a "
                              "`workbench federated train-prior` run.")
     record = read_capture(capture)
-    if record["mode"] != "fedsgd":
-        raise FederatedError(f"{capture} is a {record['mode']} update; these attacks invert one FedSGD gradient.")
+    fedavg = record["mode"] != "fedsgd"
+    if fedavg and name != "ig":
+        raise FederatedError(f"{capture} is a FedAvg update; of these attacks only ig inverts one (through the "
+                             "client's local steps, as GIFD's FedAvgReconstructor); the others invert a FedSGD "
+                             "gradient.")
     model = victim_model(record)
-    target = record["gradient"]
-    batch_size = record["batch_size"]
+    target = record["update"] if fedavg else record["gradient"]
+    # FedAvg: every image of the client; its local steps are matched as full-batch steps, exact when
+    # the client's data fits one batch (else the attacker does not know the minibatch order)
+    batch_size = record["num_examples"] // max(record["settings"].get("local_epochs", 1), 1) if fedavg \
+        else record["batch_size"]
     defense = record["defense"] if adaptive and record["defense"]["name"] in ("clip", "prune") else None
     if adaptive and record["defense"]["name"] == "soteria":  # the pruned columns are zero in the target
         defense = {"name": "soteria", "feature_mask": (target[-2][0] != 0).to(target[-2].dtype)}
@@ -114,7 +120,9 @@ def run_attack(name: str, capture: str | Path, prior: torch.nn.Module | None = N
     if name in ("dlg", "idlg"):
         images, labels, info = dlg.reconstruct(model, target, batch_size, (1, 28, 28), config, generator, defense)
     elif name == "ig":
-        images, labels, info = ig.reconstruct(model, target, batch_size, (1, 28, 28), config, generator, defense)
+        images, labels, info = ig.reconstruct(model, target, batch_size, (1, 28, 28), config, generator, defense,
+                                              local_steps=record["local_steps"] if fedavg else 0,
+                                              local_lr=record["local_lr"])
     else:
         images, labels, info = (ggl if name == "ggl" else gifd).reconstruct(model, target, batch_size, prior, config,
                                                                             generator, defense)

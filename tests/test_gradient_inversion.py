@@ -202,3 +202,45 @@ def test_inverting_gradients_defaults_are_inversefeds():
     assert (config.signed, config.init, config.lr, config.tv_weight) == (False, "randn", 0.1, 1e-4)
     with pytest.raises(FederatedError, match="init='zeros' must be randn"):
         ig.InvertingGradientsConfig(init="zeros")
+
+
+def test_inverting_gradients_inverts_a_fedavg_update_through_the_local_steps(mnist):
+    from grp_workbench.federated.attacks.common import simulated_update
+
+    model = _small_model()
+    image, label = mnist.images[:1], mnist.labels[:1]
+    update = [u.detach() for u in simulated_update(model, image, label, local_steps=3, lr=0.1, create_graph=False)]
+    start = psnr(torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)).clamp(0, 1), image).item()
+    reconstructed, labels, stats = ig.reconstruct(model, update, 1, (1, 28, 28), ig.InvertingGradientsConfig(
+        iterations=150, restarts=1), torch.Generator().manual_seed(0), local_steps=3, local_lr=0.1)
+    quality = reconstruction_metrics(reconstructed, image, label, labels)
+    assert quality["label_accuracy"] == 1.0 and quality["psnr"] > max(start + 10, 20), (start, quality)
+
+
+def test_a_fedavg_capture_is_attacked_end_to_end(tmp_path, monkeypatch):
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from grp_workbench.federated.app import CuriousFedAvg, FLSettings, client_app
+    from grp_workbench.federated.attack import run_attack
+
+    for key, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):  # what Flower's runtimes set
+        monkeypatch.setattr(TaskIdentity, key, value)
+    model = make_model(0)
+    message = Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                          "config": ConfigRecord({"server-round": 1})}), dst_node_id=7,
+                      message_type="train")
+    # 3,000 partitions of the 6,000 client images: 2 images each, one full batch per local epoch
+    run_config = {"mode": "fedavg", "local_epochs": 2, "batch_size": 2, "local_lr": 0.1}
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 5, "num-partitions": 3000},
+                      state=RecordDict(), run_config=run_config)
+    reply = client_app(message, context)
+    settings = FLSettings(**{k: v for k, v in run_config.items()}, capture_rounds="1", capture_partitions="5")
+    strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
+    strategy.sent[1] = model.state_dict()
+    strategy.aggregate_train(1, [reply])
+    result = run_attack("ig", strategy.captured[0], preset="tiny")
+    assert result["images"].shape == result["originals"].shape == (2, 1, 28, 28)
+    assert math.isfinite(result["metrics"]["psnr"]) and result["metrics"]["gradient_loss"] < 1.0
+    with pytest.raises(FederatedError, match="only ig inverts one"):
+        run_attack("dlg", strategy.captured[0], preset="tiny")

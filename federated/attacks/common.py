@@ -56,3 +56,17 @@ def infer_labels(target_gradient: list[torch.Tensor], batch_size: int) -> torch.
     labels in the batch (ReLU features h ≥ 0); take the ``batch_size`` most negative rows (distinct labels)."""
     last_weight_grad = target_gradient[-2]  # (classes, features); the bias gradient is [-1]
     return torch.argsort(last_weight_grad.sum(dim=1))[:batch_size]
+
+
+def simulated_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, local_steps: int, lr: float,
+                     create_graph: bool = True) -> list[torch.Tensor]:
+    """The weight change ``local_steps`` full-batch SGD steps on (images, labels) would make, as a
+    differentiable function of the images (inversefed's ``loss_steps`` with ``use_updates``, which
+    GIFD's ``FedAvgReconstructor`` inverts)."""
+    start = dict(model.named_parameters())
+    params = dict(start)
+    for _ in range(local_steps):
+        loss = F.cross_entropy(torch.func.functional_call(model, params, (images,)), labels)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+        params = {name: value - lr * grad for (name, value), grad in zip(params.items(), grads)}
+    return [params[name] - start[name] for name in start]

@@ -15,13 +15,20 @@ options ``signed=True`` and ``init="uniform"``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from grp_workbench.federated import FederatedError
-from grp_workbench.federated.attacks.common import cosine_loss, dummy_gradient, infer_labels, total_variation
+from grp_workbench.federated.attacks.common import (
+    cosine_loss,
+    dummy_gradient,
+    infer_labels,
+    simulated_update,
+    total_variation,
+)
 
 
 @dataclass
@@ -40,8 +47,18 @@ class InvertingGradientsConfig:
 
 def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, image_shape: tuple[int, ...],
                 config: InvertingGradientsConfig, generator: torch.Generator, defense: dict | None = None,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    labels = infer_labels(target, batch_size) if labels is None else labels
+                labels: torch.Tensor | None = None, local_steps: int = 0,
+                local_lr: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """With ``local_steps`` > 0 the target is a FedAvg update (new minus old weights after that many
+    local SGD steps at ``local_lr``) and the dummy images are matched through the same steps
+    (GIFD's ``FedAvgReconstructor``); labels are read off the update's last layer as from a gradient."""
+    if local_steps:
+        observe = functools.partial(simulated_update, model, local_steps=local_steps, lr=local_lr)
+        label_source = [-t / local_lr for t in target]  # the update points against the mean gradient
+    else:
+        observe = functools.partial(dummy_gradient, model, defense=defense)
+        label_source = target
+    labels = infer_labels(label_source, batch_size) if labels is None else labels
     milestones = [int(config.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     best = None
     for _ in range(config.restarts):
@@ -51,7 +68,7 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, i
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
         for _ in range(config.iterations):
             optimizer.zero_grad()
-            loss = cosine_loss(dummy_gradient(model, images, labels, defense), target)
+            loss = cosine_loss(observe(images, labels), target)
             loss = loss + config.tv_weight * total_variation(images)
             loss.backward()
             if config.signed:
@@ -60,7 +77,7 @@ def reconstruct(model: nn.Module, target: list[torch.Tensor], batch_size: int, i
             scheduler.step()
             with torch.no_grad():
                 images.clamp_(0, 1)
-        final = cosine_loss([g.detach() for g in dummy_gradient(model, images, labels, defense)], target).item()
+        final = cosine_loss([g.detach() for g in observe(images, labels)], target).item()
         if best is None or final < best[2]:
             best = (images.detach(), labels, final)
     return best[0], best[1], {"gradient_loss": best[2], "iterations": float(config.iterations * config.restarts)}
