@@ -98,6 +98,9 @@ GI_DESIGNS = {
 }
 GI_PRESET = {"cpu": "quick", "paper": "paper", "tiny": "tiny"}
 GI_BATCHES = {"cpu": 16, "paper": 16, "tiny": 2}  # target batches per (attack, setting)
+# results names (issue 19): <model>-bs<B>-<untrained|trained>-<indist|ood>-<defense>; the victim is
+# the small CNN (a ResNet row is still to come)
+GI_MODEL = "smallcnn"
 GI_CLIP_NORM = 4.0  # GIFD's bound; every bs-1 update of the untrained model is below it (2.4-3.2)
 
 
@@ -113,7 +116,8 @@ def _gi_cells(options: BenchOptions) -> list[Cell]:
                         for prior in (("in", "ood") if attack in ("ggl", "gifd") else (None,)):
                             if prior == "ood" and (batch_size != 1 or defense not in ood_defenses):
                                 continue
-                            task = f"bs{batch_size}-{state}-{'ood' if prior == 'ood' else 'indist'}-{defense}"
+                            task = (f"{GI_MODEL}-bs{batch_size}-{state}-{'ood' if prior == 'ood' else 'indist'}-"
+                                    f"{defense}")
                             for index in options.seeds or range(GI_BATCHES[options.budget]):
                                 # the resolved settings, so a changed default (DLG's inner L-BFGS
                                 # iterations, issue 19) makes the cell due again instead of "done"
@@ -230,13 +234,14 @@ def _gi_tables(records: list[dict[str, Any]]) -> str:
     parts = []
     for title, columns in (
             ("Batch size 1, untrained model, in-distribution prior: PSNR (dB) by client defense",
-             {d: f"bs1-untrained-indist-{d}" for d in ("none", "noise", "clip", "prune")}),
+             {d: f"{GI_MODEL}-bs1-untrained-indist-{d}" for d in ("none", "noise", "clip", "prune")}),
             ("Undefended, untrained model: PSNR by batch size",
-             {f"bs {b}": f"bs{b}-untrained-indist-none" for b in (1, 4, 8)}),
+             {f"bs {b}": f"{GI_MODEL}-bs{b}-untrained-indist-none" for b in (1, 4, 8)}),
             ("Batch size 1, undefended: PSNR by model state and the prior's data",
-             {f"{s}, {p} prior": f"bs1-{s}-{p}-none" for s in ("untrained", "trained") for p in ("indist", "ood")}),
+             {f"{s}, {p} prior": f"{GI_MODEL}-bs1-{s}-{p}-none"
+              for s in ("untrained", "trained") for p in ("indist", "ood")}),
             ("Batch size 1, untrained, noise defense: PSNR by the prior's data",
-             {f"{p} prior": f"bs1-untrained-{p}-noise" for p in ("indist", "ood")})):
+             {f"{p} prior": f"{GI_MODEL}-bs1-untrained-{p}-noise" for p in ("indist", "ood")})):
         present = {name: task for name, task in columns.items() if task in tasks}
         if not present:
             continue
@@ -251,7 +256,7 @@ def _gi_tables(records: list[dict[str, Any]]) -> str:
 def _gifd_beats_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: searching the generator's intermediate feature domains beats GGL (latent only)
     and generator-free IG."""
-    task = "bs1-untrained-indist-none"
+    task = f"{GI_MODEL}-bs1-untrained-indist-none"
     psnr = {a: cell_iqm(records, a, task, "psnr") for a in ("ig", "ggl", "gifd")}
     if any(v is None for v in psnr.values()):
         return "GIFD > GGL and IG in PSNR (paper, bs 1): not measured yet."
@@ -265,7 +270,7 @@ def _gifd_ood_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: its advantage holds when the prior was trained on other data than the clients'."""
     parts = []
     for state in ("untrained", "trained"):
-        gifd, ggl = (cell_iqm(records, a, f"bs1-{state}-ood-none", "psnr") for a in ("gifd", "ggl"))
+        gifd, ggl = (cell_iqm(records, a, f"{GI_MODEL}-bs1-{state}-ood-none", "psnr") for a in ("gifd", "ggl"))
         if gifd is not None and ggl is not None:
             ahead = "GIFD ahead" if gifd > ggl else "GGL ahead"
             parts.append(f"{state}: GIFD {gifd:.1f} vs GGL {ggl:.1f} dB ({ahead})")

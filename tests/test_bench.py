@@ -325,7 +325,7 @@ def test_measured_cells_record_once_per_parameters_under_every_executor(tmp_path
 
 @pytest.mark.parametrize("suite_name,options,records", [
     # measured cells: priors and classifier trained, a Flower simulation captured, then each attack per update
-    ("gradient_inversion", {"tasks": ("bs1-untrained-indist-none",)}, 4),
+    ("gradient_inversion", {"tasks": ("smallcnn-bs1-untrained-indist-none",)}, 4),
     # a prepared level VAE, then four students each evaluated on two level sets: the two aggregates
     # and one record per structure (4 of test.npz, 14 of held_out.npz)
     ("level_generation", {"seeds": (0,)}, 4 * (2 + 4 + 14)),
