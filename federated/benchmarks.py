@@ -220,8 +220,8 @@ def _gi_notes(options: BenchOptions) -> str:
             "('indist') or on digits 0-4 of them ('ood', against clients whose image is a 5-9). PSNR/SSIM on "
             "[0,1] after order matching; classifier_acc: the evaluation classifier on the matched "
             "reconstructions; iters_per_s: optimizer steps (GGL: candidate evaluations) per second, one thread. "
-            "Tasks are smallcnn-bs<B>-<state>-<prior>-<defense>; the grid is one factor at a time around bs 1, untrained, "
-            "undefended, in-distribution prior (federated/benchmarks.py).")
+            "Tasks are smallcnn-bs<B>-<state>-<prior>-<defense>; the grid is one factor at a time around bs 1, "
+            "untrained, undefended, in-distribution prior (federated/benchmarks.py).")
 
 
 GI_ATTACKS = ("dlg", "idlg", "ig", "ggl", "gifd")
