@@ -18,7 +18,7 @@
 
 * ``dp``: local differential privacy as Flower's ``LocalDpMod`` (``flwr/client/mod/localdp_mod.py``):
   the update (new minus old weights) is clipped to L2 norm ``clip_norm`` with Flower's own
-  ``compute_clip_model_update``, then Gaussian noise of std
+  ``clip_inputs_inplace`` (as its ``compute_clip_model_update``), then Gaussian noise of std
   ``sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon`` (``add_localdp_gaussian_noise_to_params``;
   sensitivity = the clipping norm) is added: an (epsilon, delta)-DP release of each update. The
   mod itself is not mounted because it converts messages through Flower's legacy FitIns records
@@ -86,12 +86,12 @@ def local_dp_std(sensitivity: float, epsilon: float, delta: float) -> float:
 
 def local_dp(update: list[torch.Tensor], generator: torch.Generator, clip_norm: float, epsilon: float,
              delta: float) -> list[torch.Tensor]:
-    """Clip the update with Flower's ``compute_clip_model_update``, then add (epsilon, delta) noise."""
-    from flwr.supercore.differential_privacy import compute_clip_model_update
+    """Clip the update with Flower's ``clip_inputs_inplace`` (what ``compute_clip_model_update`` does
+    to new minus old weights), then add (epsilon, delta) noise."""
+    from flwr.supercore.differential_privacy import clip_inputs_inplace
 
     clipped = [t.detach().cpu().numpy().astype("float64") for t in update]
-    zeros = [0.0 * a for a in clipped]
-    compute_clip_model_update(clipped, zeros, clip_norm)  # clipped := zeros + clip(clipped - zeros)
+    clip_inputs_inplace(clipped, clip_norm)
     std = local_dp_std(clip_norm, epsilon, delta)
     return [torch.as_tensor(a, dtype=t.dtype) + std * torch.randn(t.shape, generator=generator, dtype=t.dtype)
             for a, t in zip(clipped, update)]

@@ -251,6 +251,19 @@ def cell_iqm(records: list[dict[str, Any]], method: str, task: str, metric: str)
     return summarize(values)["iqm"] if values else None
 
 
+def cell_iqm_text(records: list[dict[str, Any]], method: str, task: str, metric: str, digits: int = 4) -> str:
+    """``IQM [low, high]`` over seeds of ``metric`` for one (method, task), or "—" if no record has it
+    (for a suite's own table layout)."""
+    from grp_workbench.harness.evaluation import iqm_ci
+
+    values = [r["metrics"][metric] for r in records
+              if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+    if not values:
+        return "—"
+    iqm, low, high = iqm_ci(values)
+    return f"{iqm:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], tasks: list[str]) -> str:
     """Rows = methods, columns = tasks, cells = IQM [95% CI] (n) of ``metric`` over seeds."""
     from grp_workbench.harness.report import fmt

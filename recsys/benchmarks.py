@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.runs import RunDir
 from grp_workbench.recsys.train import SPECS
@@ -126,17 +126,6 @@ def _notes(options: BenchOptions) -> str:
             "eval_seconds (one full evaluation) are throughput on this machine.")
 
 
-def _fmt(records: list[dict[str, Any]], method: str, task: str, metric: str) -> str:
-    from grp_workbench.harness.evaluation import iqm_ci
-
-    values = [r["metrics"][metric] for r in records
-              if r["method"] == method and r["task"] == task and metric in r["metrics"]]
-    if not values:
-        return "—"
-    iqm, low, high = iqm_ci(values)
-    return f"{iqm:.4f} [{low:.4f}, {high:.4f}]"
-
-
 def _tables(records: list[dict[str, Any]]) -> str:
     """As VAT's tables print them: rows backbone x defense (per data set and attack setting), columns
     the attack; each cell Recall@20 and T-HR@50 (IQM [95% CI] over seeds), then the same grid of
@@ -156,11 +145,12 @@ def _tables(records: list[dict[str, Any]]) -> str:
         for method in methods:
             label = f"| {MODEL_NAMES[model]} | {data} | {rest.lstrip('-') or '—'} | {method} | "
             rows.append(label + " | ".join(
-                f"R@20 {_fmt(records, method, t, 'recall@20')}<br>T-HR@50 {_fmt(records, method, t, 't_hr@50')}"
+                f"R@20 {cell_iqm_text(records, method, t, 'recall@20')}<br>"
+                f"T-HR@50 {cell_iqm_text(records, method, t, 't_hr@50')}"
                 for t in tasks) + " |")
             deltas.append(label + " | ".join(
                 "—" if clean_task(t) is None else
-                _fmt(records, method, t, "delta_t_hr@50") + (" †" if method == "none" and t in flagged else "")
+                cell_iqm_text(records, method, t, "delta_t_hr@50") + (" †" if method == "none" and t in flagged else "")
                 for t in tasks) + " |")
     note = (f"† the undefended attack did not raise T-HR@50 above clean (CI of the difference reaches 0): "
             f"{', '.join(sorted(flagged))}; defenses cannot be judged there." if flagged else
@@ -256,7 +246,7 @@ def _prepare_attacks(options: BenchOptions, todo: list[Cell]) -> None:
 
     from grp_workbench.harness.data import find_dataset_dir
     from grp_workbench.harness.runs import atomic_write_text
-    from grp_workbench.recsys.data import read_lightgcn_dir
+    from grp_workbench.recsys.data import read_lightgcn_dir, sampled_users
 
     path = udata_path(options)
     if path.is_file():
@@ -264,7 +254,7 @@ def _prepare_attacks(options: BenchOptions, todo: list[Cell]) -> None:
     study = ATTACK_STUDY[options.budget]
     full = read_lightgcn_dir(find_dataset_dir("gowalla", None), name="gowalla")
     # the users subsample_users(sample_seed=0) draws for the Gowalla cells, left out here
-    sampled = np.random.default_rng(0).choice(full.n_users, size=study["gowalla_users"], replace=False)
+    sampled = sampled_users(full.n_users, study["gowalla_users"], seed=0)
     others = np.setdiff1d(np.arange(full.n_users), sampled)
     users = np.sort(np.random.default_rng(1).choice(others, size=study["udata_users"], replace=False))
     both = (full.train[users] + full.test[users]).tocoo()

@@ -339,12 +339,16 @@ def split_validation(data: InteractionData, valid_fraction: float, seed: int) ->
                            report={**data.report, "training_interactions_moved_to_validation": int(to_valid.sum())})
 
 
+def sampled_users(n_total: int, n_users: int, seed: int) -> np.ndarray:
+    """The sorted user ids ``subsample_users`` keeps (also what a study of the other users leaves out)."""
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=min(n_users, n_total), replace=False))
+
+
 def subsample_users(data: InteractionData, n_users: int, seed: int) -> InteractionData:
     """A seeded sample of users (for CPU budgets); items left without training interactions are dropped."""
     if n_users >= data.n_users:
         return data
-    rng = np.random.default_rng(seed)
-    users = np.sort(rng.choice(data.n_users, size=n_users, replace=False))
+    users = sampled_users(data.n_users, n_users, seed)
     train = data.train[users]
     items = np.flatnonzero(np.asarray(train.sum(axis=0)).ravel() > 0)
     test = data.test[users][:, items]

@@ -15,12 +15,13 @@ d3rlpy, one measured cell) follow below.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, figure_link, paper_table
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text, figure_link, paper_table
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize
@@ -330,6 +331,7 @@ def structure_task(set_name: str, structure: str) -> str:
     return f"cave_escape-{STRUCTURE_TASK_PREFIX[set_name]}-{structure}"
 
 
+@functools.lru_cache(maxsize=1)
 def _set_structures() -> dict[str, list[str]]:
     """The structures of each evaluated set, in the set's order (read from the shipped level files)."""
     from grp_workbench.envs.levels import load_levels
@@ -369,22 +371,12 @@ def _level_tables(records: list[dict[str, Any]]) -> str:
         structures = sorted({r["task"].removeprefix(prefix) for r in records if r["task"].startswith(prefix)})
         if not structures:
             continue
-        rows = [f"| {s} | " + " | ".join(_iqm_text(records, m, prefix + s) for m in UED_METHODS) + " |"
-                for s in structures]
+        rows = [f"| {s} | " + " | ".join(cell_iqm_text(records, m, prefix + s, "solved_rate", digits=3)
+                                         for m in UED_METHODS) + " |" for s in structures]
         parts.append(f"Solved rate per structure, {title}; IQM [95% CI] over seeds:\n\n"
                      f"| structure | {' | '.join(UED_METHODS)} |\n| --- |{' --- |' * len(UED_METHODS)}\n"
                      + "\n".join(rows))
     return "\n\n".join(parts)
-
-
-def _iqm_text(records: list[dict[str, Any]], method: str, task: str) -> str:
-    from grp_workbench.harness.evaluation import iqm_ci
-
-    values = [r["metrics"]["solved_rate"] for r in records if r["method"] == method and r["task"] == task]
-    if not values:
-        return "—"
-    iqm, low, high = iqm_ci(values)
-    return f"{iqm:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _prepare_level_generation(options: BenchOptions, todo: list[Cell]) -> None:
