@@ -57,6 +57,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def classifier_split(data_dir: str | None = None, holdout_fraction: float = 0.2, split_seed: int = 0
+                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((train images, labels), (held-out images, labels)): the classifier's stratified split of the
+    MNIST images (8,000 / 2,000 at the defaults). Generative models that this classifier evaluates
+    train on the first part only, so the held-out part is unseen by both."""
+    data = load_mnist(data_dir)
+    train_idx, held_idx = stratified_split(data.labels, holdout_fraction, split_seed)
+    return (data.images[train_idx], data.labels[train_idx]), (data.images[held_idx], data.labels[held_idx])
+
+
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by an integer offset in [-max_shift, max_shift]², filling with zeros."""
     if max_shift == 0:
@@ -80,12 +90,11 @@ class ImageClassifier:
 
     def __init__(self, config: ClassifierConfig, policy: DevicePolicy):
         self.config, self.policy = config, policy
-        data = load_mnist(config.data_dir)
-        self.data_source = data.source
-        train_idx, held_idx = stratified_split(data.labels, config.holdout_fraction, config.split_seed)
+        (train_x, train_y), (test_x, test_y) = classifier_split(config.data_dir, config.holdout_fraction,
+                                                                config.split_seed)
         device = policy.device
-        self.train_x, self.train_y = data.images[train_idx].to(device), data.labels[train_idx].to(device)
-        self.test_x, self.test_y = data.images[held_idx].to(device), data.labels[held_idx].to(device)
+        self.train_x, self.train_y = train_x.to(device), train_y.to(device)
+        self.test_x, self.test_y = test_x.to(device), test_y.to(device)
         self.model = SmallCNN(width=config.width, hidden=config.hidden, dropout=config.dropout).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.total_steps)

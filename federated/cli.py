@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
+from grp_workbench.federated.generative.dcgan import GAN_SPEC as GAN
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
 from grp_workbench.harness.cli import train_command
 from grp_workbench.harness.config import parse_overrides
@@ -15,6 +16,25 @@ app = typer.Typer(help="Federated learning security: the task model, Flower simu
 app.command("train-classifier")(train_command(CLASSIFIER))
 app.command("train-prior", help="Train the attacker's DCGAN prior: --set prior=in (images no client holds) or "
             "prior=ood (digits 0-4 of them).")(train_command(PRIOR))
+
+app.command("train-gan", help="Train the DCGAN that generative unlearning forgets from, on the classifier's 8,000 "
+            "training images (all ten digits); --set exclude=D leaves digit D out (the retraining "
+            "reference).")(train_command(GAN))
+
+unlearn = typer.Typer(help="Generative unlearning: make a trained generator forget a class.", no_args_is_help=True,
+                      add_completion=False)
+app.add_typer(unlearn, name="unlearn")
+
+
+def _gan_unlearning_command():
+    from grp_workbench.federated.unlearning.gan import SPEC as GAN_UNLEARNING
+
+    return train_command(GAN_UNLEARNING)
+
+
+unlearn.command("gan", help="Adapt-then-Unlearn (--set method=el2|nl2|il2) or a baseline (finetune|ewc|"
+                "extrapolation) on a train-gan run: --set gan=<run> --set classifier=<run> --set forget=<digit>."
+                )(_gan_unlearning_command())
 
 
 @app.command("simulate")

@@ -143,7 +143,8 @@ def train_command(spec: "MethodSpec"):
             if value is not None:
                 values[key] = str(value)
         config = build_config(spec.config_cls, spec.presets, preset, values)
-        target = run_dir or RUNS_ROOT / spec.name / spec.task(config) / f"{preset}-seed{config.seed}"
+        variant = f"{spec.variant(config)}-" if spec.variant else ""
+        target = run_dir or RUNS_ROOT / spec.name / spec.task(config) / f"{variant}{preset}-seed{config.seed}"
         mode = ("resume" if resume else "resume-or-start" if resume_or_start else "overwrite" if overwrite
                 else "error")
         summary = train(spec, config, str(target), preset, if_exists=mode, quiet=quiet)

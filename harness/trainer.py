@@ -292,6 +292,9 @@ class MethodSpec:
     # the precisions the method implements (its forward passes autocast or not): with ``auto`` a
     # method without bf16 trains in fp32; asking for one it lacks is an error, never a silent no-op
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")
+    # config -> the variant a run trains when one spec covers several (``el2``, ``finetune``): part of
+    # the default run folder, so that two variants of one task never land in the same run
+    variant: Callable[[Any], str] | None = None
 
 
 def device_policy_for(spec: MethodSpec, config: TrainConfig) -> DevicePolicy:

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
+from grp_workbench.federated.generative.dcgan import GAN_SPEC
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
+from grp_workbench.federated.unlearning.gan import SPEC as GAN_UNLEARNING
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import WorkbenchError
 from grp_workbench.harness.progress import step
@@ -55,9 +57,13 @@ DEMO_METHODS = [
     (LEVEL_VAE, {"total_steps": 1000, "eval_every": 500, "checkpoint_every": 500}),
     (UED["dred"], {"num_envs": 32, "num_steps": 256, "total_steps": 16384, "eval_every": 8192,
                    "checkpoint_every": 8192, "eval_limit": 16, "num_pairs": 2, "interpolations": 3}),
+    # generative unlearning: a DCGAN on all ten digits, then Adapt-then-Unlearn (EL2) forgets the 1s
+    (GAN_SPEC, {"total_steps": 600, "eval_every": 300, "checkpoint_every": 300}),
+    (GAN_UNLEARNING, {"forget": 1, "method": "el2", "adapted_models": 2, "adapt_steps": 60, "unlearn_steps": 150,
+                      "eval_samples": 2000, "eval_every": 150, "checkpoint_every": 150}),
 ]
 REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "coverage_mse",
-                  "train/cell_accuracy", "in_dist/solved_rate"]
+                  "train/cell_accuracy", "in_dist/solved_rate", "pul", "fid"]
 
 
 def level_picture(out: str, vae_run: str) -> None:
@@ -114,6 +120,32 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
     return how
 
 
+def gan_unlearning_demo(out: str, unlearning_run: str) -> None:
+    """The same latents before and after unlearning: the forgotten digit's samples and some others."""
+    import torch
+
+    from grp_workbench.federated.attack import save_grid
+    from grp_workbench.federated.generative.dcgan import load_generator
+    from grp_workbench.federated.unlearning.gan import load_unlearned_generator, sample, unlearning_reference
+
+    config = RunDir(unlearning_run).header["config"]
+    reference = unlearning_reference(config["gan"], config["classifier"], config["forget"], config["eval_samples"])
+    chosen = torch.cat([torch.nonzero(reference.original_labels == config["forget"]).flatten()[:8],
+                        torch.nonzero(reference.original_labels != config["forget"]).flatten()[:4]])
+    latents = reference.latents[chosen]
+    grid = save_grid({"after (el2)": sample(load_unlearned_generator(unlearning_run), latents)},
+                     sample(load_generator(config["gan"]), latents), Path(out) / "gan_unlearning.png")
+    final = RunDir(unlearning_run).summary["final"]
+    with open(Path(out) / "report.md", "a") as f:
+        f.write(f"\n## Generative unlearning: forgetting the {config['forget']}s of a DCGAN\n\n"
+                f"Adapt-then-Unlearn (EL2, demo budget): PUL {final['pul']:.1f}% (the share of "
+                f"{config['forget']}s among {config['eval_samples']} fixed latents fell from "
+                f"{100 * float((reference.original_labels == config['forget']).float().mean()):.1f}% to "
+                f"{100 * final['forget_share']:.1f}%), classifier-feature FD {final['fid']:.1f}. Top row: the "
+                f"pre-trained GAN; bottom: the same latents after unlearning (the first 8 were "
+                f"{config['forget']}s).\n\n![before and after]({grid.name})\n")
+
+
 def prepare_data() -> tuple[str, float]:
     """Build the dataset the demo needs, or reuse the cached build of the same inputs; returns what
     happened and the normalized score of the data's behaviour policy (the level to beat)."""
@@ -168,12 +200,16 @@ def main() -> int:
             how, behaviour = prepare_data()
         timings.append((f"dataset {OFFLINE['dataset']}", timed["seconds"], how))
         vae_run = f"{args.runs}/{LEVEL_VAE.name}/cave_escape/{args.preset}-seed0"
+        made: dict[str, str] = {}  # spec name -> the run folder of its first seed (what later steps read)
         for spec, overrides in DEMO_METHODS:
             for seed in args.seeds:
                 if spec is UED["dred"]:
                     overrides = {**overrides, "vae_run": vae_run}
+                if spec is GAN_UNLEARNING:
+                    overrides = {**overrides, "gan": made[GAN_SPEC.name], "classifier": made[CLASSIFIER.name]}
                 config = build_config(spec.config_cls, spec.presets, args.preset, {**overrides, "seed": seed})
                 run_dir = f"{args.runs}/{spec.name}/{spec.task(config)}/{args.preset}-seed{seed}"
+                made.setdefault(spec.name, run_dir)
                 with step(f"train {spec.name} seed {seed}") as timed:
                     summary, how = train_demo_cell(spec, config, run_dir, args.preset, args.quiet)
                 metric = summary["main_metric"]
@@ -189,6 +225,9 @@ def main() -> int:
             how = gradient_inversion_demo(args.runs, args.out,
                                           f"{args.runs}/{PRIOR.name}/{PRIOR.task(prior_config)}/{args.preset}-seed0")
         timings.append(("Flower simulation + IG and GIFD attacks", timed["seconds"], how))
+        with step("generative unlearning: before / after grid") as timed:
+            gan_unlearning_demo(args.out, made[GAN_UNLEARNING.name])
+        timings.append(("generative unlearning grid", timed["seconds"], ""))
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

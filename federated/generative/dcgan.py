@@ -6,6 +6,12 @@ digits 0-4 of them, for attacking clients that hold 5-9 (GIFD's out-of-distribut
 own experiments use BigGAN / StyleGAN2 weights that are downloaded; this project builds its prior
 with a command instead, so it works offline.
 
+``workbench federated train-gan`` trains the same DCGAN on the evaluation classifier's 8,000
+training images (all ten digits; ``prior=train``), the model that generative unlearning
+(federated/unlearning/) forgets a digit from; ``--set exclude=D`` leaves digit D out, the
+retrain-from-scratch reference of unlearning. The classifier's 2,000 held-out images are never
+seen by either, so they are the real side of every Fréchet distance.
+
 The generator is a stack of blocks so that GIFD can search its intermediate feature domains:
 ``z (100) -> fc 128x7x7 -> up 64x14x14 -> up 32x28x28 -> image 1x28x28``; ``features(z, k)`` is the
 output of the first ``k`` blocks and ``from_features(h, k)`` runs the rest. Images are
@@ -34,7 +40,7 @@ from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.runs import RunDir
 from grp_workbench.harness.trainer import MethodSpec
 
-PRIORS = ("in", "ood")
+PRIORS = ("in", "ood", "train")
 OOD_CLASSES = (0, 1, 2, 3, 4)
 
 
@@ -86,9 +92,10 @@ class Discriminator(nn.Module):
 
 @dataclass
 class PriorConfig(TrainConfig):
-    prior: str = "in"  # in: every prior image; ood: digits 0-4 of them only
+    prior: str = "in"  # in: every prior image; ood: digits 0-4 of them only; train: the classifier's 8,000
     data_dir: str | None = None  # MNIST IDX folder (default: $WORKBENCH_DATA/mnist, ../shared/datasets/mnist)
     role_seed: int = 0  # the role split shared with the Flower app (its `seed` setting)
+    exclude: int = -1  # a digit (0-9) left out of the images; -1 keeps all ten
     z_dim: int = 100
     width: int = 32
     batch_size: int = 64
@@ -102,15 +109,24 @@ class PriorConfig(TrainConfig):
         super().__post_init__()
         if self.prior not in PRIORS:
             raise FederatedError(f"prior={self.prior!r} must be one of {', '.join(PRIORS)}.")
+        if not -1 <= self.exclude <= 9:
+            raise FederatedError(f"exclude={self.exclude} must be a digit 0-9 (or -1 to keep every digit).")
 
 
 def prior_images(config: PriorConfig) -> torch.Tensor:
-    data, roles = mnist_with_roles(config.data_dir or "", config.role_seed)
-    index = torch.from_numpy(roles["prior"])
-    images, labels = data.images[index], data.labels[index]
+    if config.prior == "train":
+        from grp_workbench.federated.classifier import classifier_split
+
+        (images, labels), _ = classifier_split(config.data_dir)
+    else:
+        data, roles = mnist_with_roles(config.data_dir or "", config.role_seed)
+        index = torch.from_numpy(roles["prior"])
+        images, labels = data.images[index], data.labels[index]
     if config.prior == "ood":
         keep = torch.isin(labels, torch.tensor(OOD_CLASSES))
-        images = images[keep]
+        images, labels = images[keep], labels[keep]
+    if config.exclude >= 0:
+        images = images[labels != config.exclude]
     return images
 
 
@@ -177,19 +193,34 @@ class PriorTraining:
         self.rng.set_state(state["rng"])
 
 
-def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """The generator of a ``train-prior`` run (its last checkpoint), in eval mode and frozen."""
+def load_gan(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, Discriminator, dict]:
+    """Generator and discriminator of a ``train-prior`` / ``train-gan`` run (its last checkpoint), in
+    eval mode and frozen, with the run's config."""
     run = RunDir(run_dir)
-    state = run.last_algorithm_state("trained prior", "build one with `workbench federated train-prior --set "
-                                     f"prior=in --run-dir {run_dir}` (or prior=ood).")
+    state = run.last_algorithm_state("trained GAN", "build one with `workbench federated train-gan --run-dir "
+                                     f"{run_dir}` (or train-prior --set prior=in for the attacker's prior).")
     config = run.header["config"]
     generator = Generator(config["z_dim"], config["width"])
-    generator.load_state_dict(state["generator"])
-    return generator.to(device).eval().requires_grad_(False)
+    discriminator = Discriminator(config["width"])
+    try:
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+    except RuntimeError as err:
+        raise FederatedError(f"the GAN checkpoint under {run_dir} does not fit the DCGAN its config.json describes "
+                             f"(z_dim {config['z_dim']}, width {config['width']}): "
+                             f"{str(err).splitlines()[0]}") from None
+    frozen = [m.to(device).eval().requires_grad_(False) for m in (generator, discriminator)]
+    return frozen[0], frozen[1], config
+
+
+def load_generator(run_dir: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """The generator of a ``train-prior`` / ``train-gan`` run (its last checkpoint), in eval mode and frozen."""
+    return load_gan(run_dir, device)[0]
 
 
 def _task(config: PriorConfig) -> str:
-    return f"mnist-prior-{config.prior}"
+    without = f"-without{config.exclude}" if config.exclude >= 0 else ""
+    return f"mnist-prior-{config.prior}{without}" if config.prior != "train" else f"mnist-train{without}"
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -197,5 +228,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"total_steps": 2_000, "eval_every": 500, "checkpoint_every": 500},
     "tiny": {"total_steps": 20, "eval_every": 10, "log_every": 10, "checkpoint_every": 10, "batch_size": 16},
 }
+@dataclass
+class GanConfig(PriorConfig):
+    prior: str = "train"  # the classifier's 8,000 training images, all ten digits (exclude= leaves one out)
+
+
 SPEC = MethodSpec(name="dcgan-prior", config_cls=PriorConfig, presets=PRESETS, build=PriorTraining, task=_task,
                   preset_costs={"quick": "about 6 min on 2 CPU cores"})  # 367 s measured 2026-11-30
+GAN_SPEC = MethodSpec(name="dcgan", config_cls=GanConfig, presets=PRESETS, build=PriorTraining, task=_task,
+                      preset_costs={"paper": "about 12 min on 2 CPU cores", "quick": "about 6 min on 2 CPU cores"})
