@@ -8,6 +8,7 @@ import typer
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import GAN_SPEC as GAN
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
+from grp_workbench.federated.generative.diffusion import SPEC as DIFFUSION
 from grp_workbench.harness.cli import train_command
 from grp_workbench.harness.config import parse_overrides
 
@@ -20,6 +21,9 @@ app.command("train-prior", help="Train the attacker's DCGAN prior: --set prior=i
 app.command("train-gan", help="Train the DCGAN that generative unlearning forgets from, on the classifier's 8,000 "
             "training images (all ten digits); --set exclude=D leaves digit D out (the retraining "
             "reference).")(train_command(GAN))
+app.command("train-diffusion", help="Train the class-conditional DDPM that Score Forgetting Distillation unlearns "
+            "from, on the classifier's 8,000 training images; --set exclude=D leaves digit D out."
+            )(train_command(DIFFUSION))
 
 unlearn = typer.Typer(help="Generative unlearning: make a trained generator forget a class.", no_args_is_help=True,
                       add_completion=False)
@@ -35,6 +39,17 @@ def _gan_unlearning_command():
 unlearn.command("gan", help="Adapt-then-Unlearn (--set method=el2|nl2|il2) or a baseline (finetune|ewc|"
                 "extrapolation) on a train-gan run: --set gan=<run> --set classifier=<run> --set forget=<digit>."
                 )(_gan_unlearning_command())
+
+
+def _sfd_command():
+    from grp_workbench.federated.unlearning.sfd import SPEC as SFD
+
+    return train_command(SFD)
+
+
+unlearn.command("sfd", help="Score Forgetting Distillation of a train-diffusion run into a one-step generator that "
+                "no longer draws one digit: --set teacher=<run> --set classifier=<run> --set forget=<digit> "
+                "[--set override=<digit>|rand].")(_sfd_command())
 
 
 @app.command("simulate")
