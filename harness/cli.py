@@ -150,7 +150,7 @@ def train_command(spec: "MethodSpec"):
         summary = train(spec, config, str(target), preset, if_exists=mode, quiet=quiet)
         metric = summary["main_metric"]
         best = (f"best {summary['best'][metric]:.4f} at step {summary['best']['step']}" if metric in summary["best"]
-                else "no best: no validation split")
+                else "no best kept: the main metric is a test metric")
         stopped = f", stopped early at step {summary['stopped_early']}" if summary.get("stopped_early") else ""
         scores = (f"{metric} {summary['final'][metric]:.4f} ({best}{stopped})"
                   if metric in summary["final"] else "no evaluation yet")
