@@ -66,23 +66,26 @@ def test_the_override_and_remaining_labels_never_name_the_forgotten_digit():
     assert 0 not in remaining.tolist() and set(remaining.tolist()) == set(range(1, 10))
 
 
+class _FixedClassifier(torch.nn.Module):
+    """A classifier whose label is ``rule(images)`` (features: two pixels)."""
+
+    def __init__(self, rule):
+        super().__init__()
+        self.rule = rule
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # so next(parameters()) finds a device
+
+    def embed(self, x):
+        return x.flatten(1)[:, :2]
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(self.rule(x), 10).float()
+
+
 def test_rates_by_hand_on_a_fixed_classifier():
-    class ByMean(torch.nn.Module):
-        """Predicts round(9 * mean intensity)."""
-
-        def __init__(self):
-            super().__init__()
-            self.unused = torch.nn.Parameter(torch.zeros(()))
-
-        def embed(self, x):
-            return x.flatten(1)[:, :2]
-
-        def forward(self, x):
-            return torch.nn.functional.one_hot((x.flatten(1).mean(1) * 9).round().long(), 10).float()
-
+    by_mean = _FixedClassifier(lambda x: (x.flatten(1).mean(1) * 9).round().long())  # round(9 * mean intensity)
     images = torch.stack([torch.full((1, 28, 28), d / 9) for d in (0, 0, 1, 0, 2, 2, 5)])
     labels = torch.tensor([0, 0, 0, 0, 2, 3, 5])  # four conditioned on 0: three drawn as 0, one as 1
-    metrics = sfd.conditional_unlearning_metrics(ByMean(), images, labels, forget=0, override=1)
+    metrics = sfd.conditional_unlearning_metrics(by_mean, images, labels, forget=0, override=1)
     assert metrics["forget_rate"] == pytest.approx(0.75)
     assert metrics["override_rate"] == pytest.approx(0.25)
     assert metrics["retained_acc"] == pytest.approx(2 / 3)  # 2 right, 3 wrong-as-2, 5 right
@@ -99,25 +102,12 @@ def test_bad_settings_are_one_clear_error():
         sfd.load_inputs(build_config(sfd.SFDConfig, sfd.PRESETS, "tiny", {}), "cpu")
 
 
-class _Constant(torch.nn.Module):
-    """A classifier that labels every image 0 (features: two pixels)."""
-
-    def __init__(self):
-        super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(()))
-
-    def embed(self, x):
-        return x.flatten(1)[:, :2]
-
-    def forward(self, x):
-        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float()
-
-
 @pytest.fixture
 def tiny_teacher(monkeypatch):
     torch.manual_seed(0)
     teacher = diffusion.make_unet("8,8").eval()
-    monkeypatch.setattr(sfd, "load_inputs", lambda config, device: (teacher, _Constant()))
+    always_zero = _FixedClassifier(lambda x: torch.zeros(len(x), dtype=torch.long))
+    monkeypatch.setattr(sfd, "load_inputs", lambda config, device: (teacher, always_zero))
 
 
 def test_sfd_trains_and_resumes_after_a_crash_exactly(tmp_path, tiny_teacher, monkeypatch):
