@@ -52,6 +52,17 @@ unlearn.command("sfd", help="Score Forgetting Distillation of a train-diffusion 
                 "[--set override=<digit>|rand].")(_sfd_command())
 
 
+def _diffusion_unlearning_command():
+    from grp_workbench.federated.unlearning.diffusion_baselines import SPEC as DIFFUSION_UNLEARNING
+
+    return train_command(DIFFUSION_UNLEARNING)
+
+
+unlearn.command("diffusion", help="SFD's multi-step peers on a train-diffusion run: --set method=selective-amnesia|"
+                "salun --set teacher=<run> --set classifier=<run> --set forget=<digit>."
+                )(_diffusion_unlearning_command())
+
+
 @app.command("simulate")
 def simulate_command(
     clients: Annotated[int, typer.Option(min=1, help="simulated clients (SuperNodes)")] = 10,

@@ -10,6 +10,7 @@ import torch
 
 from grp_workbench.federated import FederatedError
 from grp_workbench.federated.generative import diffusion
+from grp_workbench.federated.unlearning import diffusion_baselines as baselines
 from grp_workbench.federated.unlearning import sfd
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.trainer import train
@@ -145,3 +146,92 @@ def test_the_teacher_trains_and_loads_from_its_run(tmp_path):
     assert saved["channels"] == "8,8" and not any(p.requires_grad for p in model.parameters())
     images = diffusion.sample(model, torch.tensor([0, 7]), steps=2)
     assert images.shape == (2, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+
+
+# ---- the peers: Selective Amnesia and SalUn (federated/unlearning/diffusion_baselines.py) -------------
+def test_the_fisher_by_hand_on_a_one_parameter_denoiser():
+    """eps_theta(x_t) = w * x_t: the loss summed over the chosen t has gradient sum_t -2 x_t (eps - w x_t)."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.3))
+
+        def forward(self, x, t, class_labels=None):
+            return type("Out", (), {"sample": self.w * x})()
+
+    model, images, labels = Scaled(), torch.randn(2, 1, 28, 28), torch.tensor([0, 1])
+    fisher = baselines.diagonal_fisher(model, images, labels, timesteps=4, generator=torch.Generator().manual_seed(0))
+    g, by_hand = torch.Generator().manual_seed(0), 0.0
+    t = torch.linspace(0, 999, 4).round().long()
+    for x in images:
+        noise = torch.randn((4, *x.shape), generator=g)
+        x_t = diffusion.diffuse(x.expand(4, *x.shape), t, noise)
+        grad = (1000 / 4) * (-2 * x_t * (noise - 0.3 * x_t)).sum()
+        by_hand += grad.item() ** 2 / 2
+    assert fisher["w"].item() == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_the_saliency_mask_keeps_the_largest_gradients_over_all_parameters():
+    torch.manual_seed(0)
+    model = diffusion.make_unet("8,8")
+    mask = baselines.saliency_mask(model, torch.rand(6, 1, 28, 28) * 2 - 1, 3, 0.5, 4, 1e9,
+                                   torch.Generator().manual_seed(0))
+    kept = sum(m.sum().item() for m in mask.values())
+    total = sum(p.numel() for p in model.parameters())
+    assert kept == int(total * 0.5)
+    assert set(torch.cat([m.flatten() for m in mask.values()]).unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.fixture
+def tiny_baseline_teacher(monkeypatch):
+    torch.manual_seed(0)
+    teacher = diffusion.make_unet("8,8").eval().requires_grad_(False)
+    always_zero = _FixedClassifier(lambda x: torch.zeros(len(x), dtype=torch.long))
+    monkeypatch.setattr(baselines, "load_inputs", lambda config, device: (teacher, always_zero))
+    return teacher
+
+
+@pytest.mark.parametrize("method", baselines.METHODS)
+def test_each_peer_moves_only_what_it_should_and_resumes_exactly(tmp_path, tiny_baseline_teacher, monkeypatch,
+                                                                  method):
+    config = build_config(baselines.DiffusionUnlearningConfig, baselines.PRESETS, "tiny",
+                          {"teacher": "t", "classifier": "c", "method": method, "total_steps": "6"})
+    full = train(baselines.SPEC, config, str(tmp_path / "full"), "tiny", quiet=True)
+    assert full["final"]["forget_rate"] == 1.0  # the constant classifier calls every sample a 0
+    state = torch.load(next((tmp_path / "full" / "checkpoints").glob("*.pt")), weights_only=False)["algorithm"]
+    teacher = dict(tiny_baseline_teacher.named_parameters())
+    moved = {name: not torch.equal(w, teacher[name]) for name, w in state["model"].items() if name in teacher}
+    assert any(moved.values())
+    if method == "salun":  # parameters outside the saliency mask never move
+        mask = state["prepared"]["mask"]
+        assert all(not moved[name] for name, m in mask.items() if m.sum() == 0)
+        frozen = [(state["model"][name] - teacher[name])[mask[name] == 0] for name in mask]
+        assert all(torch.all(d == 0) for d in frozen)
+    original, calls = baselines.DiffusionUnlearning.update, {"n": 0}
+
+    def crash_at_step_4(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated kill")
+        return original(self)
+
+    monkeypatch.setattr(baselines.DiffusionUnlearning, "update", crash_at_step_4)
+    with pytest.raises(RuntimeError):
+        train(baselines.SPEC, config, str(tmp_path / "crashed"), "tiny", quiet=True)
+    monkeypatch.setattr(baselines.DiffusionUnlearning, "update", original)
+    resumed = train(baselines.SPEC, config, str(tmp_path / "crashed"), "tiny", if_exists="resume", quiet=True)
+    assert resumed["resumed_from"] == [2]
+
+    def rows(path):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("time", "steps_per_s")}
+                for line in (path / "metrics.jsonl").open()]
+
+    assert rows(tmp_path / "crashed") == rows(tmp_path / "full")
+
+
+def test_bad_peer_settings_are_one_clear_error():
+    with pytest.raises(FederatedError, match="method='esd'"):
+        build_config(baselines.DiffusionUnlearningConfig, baselines.PRESETS, "tiny", {"method": "esd"})
+    with pytest.raises(FederatedError, match="forget=-1"):
+        build_config(baselines.DiffusionUnlearningConfig, baselines.PRESETS, "tiny", {"forget": "-1"})

@@ -269,8 +269,8 @@ def load_inputs(config: SFDConfig, device: str | torch.device) -> tuple[nn.Modul
     from grp_workbench.federated.generative.diffusion import load_diffusion
 
     if not config.teacher or not config.classifier:
-        raise FederatedError("set --set teacher=<run dir> --set classifier=<run dir>: SFD distils a `workbench "
-                             "federated train-diffusion` run and is scored by a `train-classifier` run.")
+        raise FederatedError("set --set teacher=<run dir> --set classifier=<run dir>: diffusion unlearning starts "
+                             "from a `workbench federated train-diffusion` run, scored by a `train-classifier` run.")
     teacher, _ = load_diffusion(config.teacher, device)
     return teacher, _classifier(config.classifier).to(device)
 
@@ -297,3 +297,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 SPEC = MethodSpec(name="sfd", config_cls=SFDConfig, presets=PRESETS, build=ScoreForgettingDistillation, task=_task,
                   precisions=("fp32",))
+
+
+def load_sfd_generator(run_dir: str, device: str | torch.device = "cpu") -> tuple[nn.Module, int]:
+    """The EMA generator of an SFD run (what its evaluations sample) and its input step t_init."""
+    from grp_workbench.federated.generative.diffusion import load_diffusion
+    from grp_workbench.harness.runs import RunDir
+
+    run = RunDir(run_dir)
+    state = run.last_algorithm_state("SFD run", f"run `workbench federated unlearn sfd --run-dir {run_dir}` first.")
+    config = run.header["config"]
+    model, _ = load_diffusion(config["teacher"], device)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    return model.eval().requires_grad_(False), int(config["t_init"])
