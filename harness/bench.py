@@ -198,6 +198,48 @@ def is_done(suite: Suite, options: BenchOptions, cell: Cell) -> bool:
     return run.is_finished() and not config_changes(cell.spec, run, cell.config)
 
 
+PINNED_DIR = "pinned"  # benchmarks/<suite>/pinned/<name>: slim copies of the runs a suite's cells share
+
+
+def prerequisite_run(suite: Suite, options: BenchOptions, name: str, spec: MethodSpec, config: Any, run_dir: Path,
+                     preset: str, keep: tuple[str, ...]) -> None:
+    """What a suite's ``prepare`` trains once for many cells (a classifier, a pre-trained generator),
+    pinned so that every session and machine measures against the same model.
+
+    Training it again elsewhere gives another model (floating point differs across CPUs: the
+    gan_unlearning DCGAN, same code and seed, drew 18.1% nines on one CPU and 15.6% on another), so
+    the first finished run is copied, slim (the algorithm-state entries ``keep``: the weights, not the
+    optimizer), into ``<results folder>/pinned/<name>``; commit it with the results. Later runs restore
+    that copy instead of training, unless its config differs from ``config`` (then it is trained and
+    pinned again)."""
+    import shutil
+
+    from grp_workbench.harness.runs import CONFIG_FILE, SUMMARY_FILE, atomic_torch_save
+
+    pinned, run = suite.out_dir(options) / PINNED_DIR / name, RunDir(run_dir)
+    usable = RunDir(pinned).exists() and not config_changes(spec, RunDir(pinned), config)
+    if usable and not run.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(pinned, run_dir, dirs_exist_ok=True)
+        print(f"{run_dir}: restored the pinned {name} ({pinned})")
+    if not (run.is_finished() and not config_changes(spec, run, config)):
+        train_cell(spec, config, str(run_dir), preset, quiet=False)
+    if not usable:
+        path, state = run.load_latest_checkpoint()
+        missing = set(keep) - state["algorithm"].keys()
+        if missing:
+            raise HarnessError(f"cannot pin {name}: its checkpoint has no {', '.join(map(repr, sorted(missing)))} "
+                               f"(it has {', '.join(state['algorithm'])}).")
+        slim = {"step": state["step"], "algorithm": {k: v for k, v in state["algorithm"].items() if k in keep}}
+        if pinned.exists():
+            shutil.rmtree(pinned)
+        atomic_torch_save(slim, pinned / "checkpoints" / path.name)
+        for file in (CONFIG_FILE, SUMMARY_FILE):
+            shutil.copy2(run.path / file, pinned / file)
+        print(f"{run_dir}: pinned as {pinned} ({(pinned / 'checkpoints' / path.name).stat().st_size / 1e6:.1f} MB); "
+              "commit it with the results")
+
+
 def run_cell(suite: Suite, options: BenchOptions, cell: Cell, quiet: bool = True) -> dict[str, Any]:
     """Train (or resume, or skip) one cell; returns its run's summary (a measured cell: its
     record.json). A Ctrl-C stops the suite."""

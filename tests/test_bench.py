@@ -345,3 +345,34 @@ def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, re
     assert "Claims of the paper and the direction measured here" in readme
     if suite_name == "level_generation":  # DRED's buffer statistics, drawn from its run's logs
         assert (Path(ref_options.out) / "buffer.png").is_file() and "buffer.png" in readme
+
+
+def test_a_prerequisite_is_pinned_once_and_restored_without_training(tmp_path, monkeypatch):
+    """A suite's shared model (a pre-trained GAN) is copied, slim, into the results folder; a fresh
+    run root restores that copy instead of training another model."""
+    from grp_workbench.harness import bench
+
+    options = _options(tmp_path, "pinned")
+    config = build_config(ToyConfig, TOY_PRESETS, "paper", {"total_steps": "10", "deterministic": "true"})
+    first = Path(options.runs) / "prereq" / "model"
+    bench.prerequisite_run(TOY_SUITE, options, "model", TOY_SPEC, config, first, "paper", keep=("model",))
+    pinned = Path(options.out) / "pinned" / "model"
+    assert RunDir(pinned).is_finished() and set(RunDir(pinned).last_algorithm_state("x", "y")) == {"model"}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although a pinned copy exists")
+
+    monkeypatch.setattr(bench, "train_cell", no_training)
+    again = Path(options.runs) / "elsewhere" / "model"
+    bench.prerequisite_run(TOY_SUITE, options, "model", TOY_SPEC, config, again, "paper", keep=("model",))
+    restored, original = RunDir(again).last_algorithm_state("x", "y"), RunDir(first).last_algorithm_state("x", "y")
+    assert all(restored["model"][k].equal(v) for k, v in original["model"].items())
+    # another config is trained and pinned again, never silently replaced by the old copy
+    monkeypatch.undo()
+    other = build_config(ToyConfig, TOY_PRESETS, "paper", {"total_steps": "12", "deterministic": "true"})
+    bench.prerequisite_run(TOY_SUITE, options, "model", TOY_SPEC, other, Path(options.runs) / "third", "paper",
+                           keep=("model",))
+    assert RunDir(pinned).summary["step"] == 12
+    with pytest.raises(HarnessError, match="'weights'"):
+        bench.prerequisite_run(TOY_SUITE, options, "typo", TOY_SPEC, other, Path(options.runs) / "fourth", "paper",
+                               keep=("weights",))

@@ -24,7 +24,7 @@ import torch
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import GAN_SPEC
 from grp_workbench.federated.unlearning.gan import METHODS, SPEC, unlearning_reference
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text, prerequisite_run
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.runs import RunDir, atomic_write_json, read_json
 
@@ -74,17 +74,17 @@ def _cells(options: BenchOptions) -> list[Cell]:
 
 
 def _prepare(options: BenchOptions, todo: list[Cell]) -> None:
-    """The evaluation classifier and the pre-trained GAN, trained once into the run root."""
-    from grp_workbench.harness.trainer import train_cell
-
+    """The evaluation classifier and the pre-trained GAN, trained once into the run root, or restored
+    from the copies pinned in the results folder (every cell must unlearn from the same GAN)."""
     paths = _prereq(GAN_UNLEARNING.run_root(options))
     classifier_preset = "tiny" if options.budget == "tiny" else "quick"
-    train_cell(CLASSIFIER, build_config(CLASSIFIER.config_cls, CLASSIFIER.presets, classifier_preset,
-                                        {"device": options.device}), str(paths["classifier"]), classifier_preset,
-               quiet=False)
+    prerequisite_run(GAN_UNLEARNING, options, "classifier", CLASSIFIER,
+                     build_config(CLASSIFIER.config_cls, CLASSIFIER.presets, classifier_preset,
+                                  {"device": options.device}), paths["classifier"], classifier_preset, keep=("model",))
     gan_preset = GAN_PRESET[options.budget]
-    train_cell(GAN_SPEC, build_config(GAN_SPEC.config_cls, GAN_SPEC.presets, gan_preset, {"device": options.device}),
-               str(paths["gan"]), gan_preset, quiet=False)
+    prerequisite_run(GAN_UNLEARNING, options, "gan", GAN_SPEC,
+                     build_config(GAN_SPEC.config_cls, GAN_SPEC.presets, gan_preset, {"device": options.device}),
+                     paths["gan"], gan_preset, keep=("generator", "discriminator"))
 
 
 @functools.lru_cache(maxsize=64)

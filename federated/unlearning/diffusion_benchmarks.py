@@ -32,7 +32,7 @@ from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.diffusion import NUM_CLASSES
 from grp_workbench.federated.generative.diffusion import SPEC as DIFFUSION
 from grp_workbench.federated.unlearning import diffusion_baselines, sfd
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text, prerequisite_run
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.runs import RunDir, atomic_write_json, read_json
 
@@ -126,18 +126,18 @@ def _cells(options: BenchOptions) -> list[Cell]:
 
 
 def _prepare(options: BenchOptions, todo: list[Cell]) -> None:
-    """The evaluation classifier and the teacher, trained once into the run root."""
-    from grp_workbench.harness.trainer import train_cell
-
+    """The evaluation classifier and the teacher, trained once into the run root, or restored from the
+    copies pinned in the results folder (every cell must unlearn from the same teacher)."""
     paths = _prereq(DIFFUSION_UNLEARNING.run_root(options))
     classifier_preset = "tiny" if options.budget == "tiny" else "quick"
-    train_cell(CLASSIFIER, build_config(CLASSIFIER.config_cls, CLASSIFIER.presets, classifier_preset,
-                                        {"device": options.device}), str(paths["classifier"]), classifier_preset,
-               quiet=False)
+    prerequisite_run(DIFFUSION_UNLEARNING, options, "classifier", CLASSIFIER,
+                     build_config(CLASSIFIER.config_cls, CLASSIFIER.presets, classifier_preset,
+                                  {"device": options.device}), paths["classifier"], classifier_preset, keep=("model",))
     teacher_preset = PRESETS[options.budget]
-    train_cell(DIFFUSION, build_config(DIFFUSION.config_cls, DIFFUSION.presets, teacher_preset,
-                                       {"device": options.device, "classifier": str(paths["classifier"])}),
-               str(paths["teacher"]), teacher_preset, quiet=False)
+    prerequisite_run(DIFFUSION_UNLEARNING, options, "teacher", DIFFUSION,
+                     build_config(DIFFUSION.config_cls, DIFFUSION.presets, teacher_preset,
+                                  {"device": options.device, "classifier": str(paths["classifier"])}),
+                     paths["teacher"], teacher_preset, keep=("ema",))
 
 
 def _measure_teacher(cell: Cell, path: Path) -> dict[str, float]:
