@@ -8,7 +8,14 @@ pyproject.toml and ``--run-config`` (keys as ``FLSettings`` with dashes).
 
 The server aggregates with FedAvg and, being curious, writes the update of chosen clients in chosen
 rounds to ``<output-dir>/captures/`` with what an attacker would know: the global weights it sent,
-the client's returned weights, the learning rate, the local steps and the batch size.
+the client's returned weights, the learning rate, the local steps and the batch size. It knows a
+client only by the node id Flower routes its messages with: clients report no identifier (their
+partition id would let a server tie an update to a data shard, and earlier, to seeded noise).
+
+What a captured update was computed from is evaluation bookkeeping outside the protocol: in a
+captured round each client writes its own note (partition and the indices it trained on) to
+``<output-dir>/client_truth/`` (``CLIENT_TRUTH_DIR``), which the server app never reads and the attack
+scorer joins to a capture by round and node id (``federated/attack.py::capture_ground_truth``).
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ class FLSettings:
     dp_epsilon: float = 8.0  # dp: the (epsilon, delta) of each released update (Flower's LocalDpMod)
     dp_delta: float = 1e-5
     capture_rounds: str = "1"  # comma-separated rounds whose updates the server records ("" = none)
-    capture_partitions: str = "0"  # comma-separated partition ids to record ("all" = every sampled client)
+    capture_clients: str = "1"  # per captured round, record this many replies (lowest node ids first), or "all"
     output_dir: str = "runs/federated/app"
     data_dir: str = ""  # MNIST folder; empty = $WORKBENCH_DATA/mnist or ../shared/datasets/mnist
     # the clients' images: mnist (MNIST's client role), digits (scikit-learn's 1,797 digits upsampled
@@ -88,16 +95,20 @@ class FLSettings:
         if settings.defense == "soteria" and settings.mode != "fedsgd":
             raise FederatedError("defense=soteria perturbs one FedSGD gradient; use mode=fedsgd (or another defense).")
         settings.rounds_to_capture()  # a malformed list is one line here, before Ray or Flower start
-        if settings.capture_partitions != "all":
-            _id_list("capture_partitions", settings.capture_partitions, "comma-separated partition ids or 'all'")
+        settings.clients_to_capture()
         return settings
 
     def rounds_to_capture(self) -> set[int]:
         return _id_list("capture_rounds", self.capture_rounds, "comma-separated round numbers, e.g. 1,3")
 
-    def captures(self, partition_id: int) -> bool:
-        return self.capture_partitions == "all" or partition_id in _id_list(
-            "capture_partitions", self.capture_partitions, "comma-separated partition ids or 'all'")
+    def clients_to_capture(self) -> int | None:
+        """How many replies a captured round records (None: all)."""
+        if self.capture_clients == "all":
+            return None
+        if not str(self.capture_clients).isdigit() or int(self.capture_clients) < 1:
+            raise FederatedError(f"capture_clients={self.capture_clients!r} must be a positive number of clients per "
+                                 "captured round, or 'all'.")
+        return int(self.capture_clients)
 
 
 def _id_list(key: str, value: str, expected: str) -> set[int]:
@@ -155,7 +166,7 @@ client_app = ClientApp()
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     settings = FLSettings.from_run_config(dict(context.run_config))
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = int(context.node_config["partition-id"])  # the client's own: never sent
     n_partitions = int(context.node_config["num-partitions"])
     server_round = int(msg.content["config"]["server-round"])
     data, _ = client_pool(settings.client_data, settings.data_dir, settings.seed)
@@ -181,7 +192,7 @@ def client_train(msg: Message, context: Context) -> Message:
                               settings.dp_epsilon, settings.dp_delta)
             shared = [-u / settings.local_lr for u in update]
         new_weights = [w - settings.local_lr * g for w, g in zip(weights, shared)]
-        n_examples, steps = len(batch), 1
+        n_examples, steps, used = len(batch), 1, batch
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=settings.local_lr)
         order_rng = np.random.default_rng([settings.seed, server_round, partition_id])
@@ -201,10 +212,11 @@ def client_train(msg: Message, context: Context) -> Message:
             delta = defend(settings.defense, delta, generator, settings.noise_std, settings.clip_norm,
                            settings.prune_fraction)
         new_weights = [w + d for w, d in zip(weights, delta)]
-        n_examples = len(mine) * settings.local_epochs
+        n_examples, used = len(mine) * settings.local_epochs, mine
     state = {name: tensor for (name, _), tensor in zip(model.named_parameters(), new_weights)}
-    metrics = MetricRecord({"num-examples": n_examples, "partition-id": partition_id, "local-steps": steps,
-                            "num-partitions": n_partitions})
+    if server_round in settings.rounds_to_capture():
+        write_client_truth(settings.output_dir, server_round, int(context.node_id), partition_id, n_partitions, used)
+    metrics = MetricRecord({"num-examples": n_examples, "local-steps": steps})
     return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
 
 
@@ -236,23 +248,18 @@ class CuriousFedAvg(FedAvg):
             print(f"round {server_round}: {len(failed)} of {len(replies)} clients failed and were left out "
                   f"({failed[0].error.reason}); their updates are neither aggregated nor captured.", flush=True)
         if server_round in self.sent:
-            for reply in replies:
-                if reply.has_error():
-                    continue
-                metrics = reply.content["metrics"]
-                partition_id = int(metrics["partition-id"])
-                if self.settings.captures(partition_id):
-                    self._capture(server_round, partition_id, reply, metrics)
+            answered = sorted((r for r in replies if not r.has_error()), key=lambda r: int(r.metadata.src_node_id))
+            for reply in answered[:self.settings.clients_to_capture()]:
+                self._capture(server_round, reply)
         return super().aggregate_train(server_round, replies)
 
-    def _capture(self, server_round: int, partition_id: int, reply: Message, metrics: MetricRecord) -> None:
-        s = self.settings
+    def _capture(self, server_round: int, reply: Message) -> None:
+        s, metrics, node_id = self.settings, reply.content["metrics"], int(reply.metadata.src_node_id)
         record = {
-            "round": server_round, "partition_id": partition_id, "node_id": int(reply.metadata.src_node_id),
+            "round": server_round, "node_id": node_id,
             "global_weights": self.sent[server_round], "client_weights": reply.content["arrays"].to_torch_state_dict(),
             "mode": s.mode, "local_lr": s.local_lr, "batch_size": s.batch_size,
             "local_steps": int(metrics["local-steps"]), "num_examples": int(metrics["num-examples"]),
-            "num_partitions": int(metrics["num-partitions"]),  # for recomputing the ground truth when scoring
             "defense": {"name": s.defense, "noise_std": s.noise_std, "clip_norm": s.clip_norm,
                         "prune_fraction": s.prune_fraction, "soteria_rate": s.soteria_rate,
                         # the privacy of this update (per round), next to every DP capture
@@ -261,7 +268,7 @@ class CuriousFedAvg(FedAvg):
                            if s.defense == "dp" else {})},
             "settings": dataclasses.asdict(s),
         }
-        path = self.capture_dir / f"round{server_round:03d}-client{partition_id:04d}.pt"
+        path = self.capture_dir / f"round{server_round:03d}-node{node_id}.pt"
         atomic_torch_save(record, path)
         self.captured.append(str(path))
 
@@ -294,16 +301,32 @@ def server_main(grid: Grid, context: Context) -> None:
                                                 "rounds": strategy.rounds, "captures": strategy.captured})
 
 
+CLIENT_TRUTH_DIR = "client_truth"
+
+
+def client_truth_path(output_dir: str | Path, server_round: int, node_id: int) -> Path:
+    return Path(output_dir) / CLIENT_TRUTH_DIR / f"round{server_round:03d}-node{node_id}.json"
+
+
+def write_client_truth(output_dir: str | Path, server_round: int, node_id: int, partition_id: int,
+                       num_partitions: int, indices: np.ndarray) -> None:
+    """The client's note of what its update in a captured round was computed from (its partition and
+    the pool indices it trained on), for scoring attacks only: outside the protocol, never sent to
+    or read by the server app."""
+    atomic_write_json(client_truth_path(output_dir, server_round, node_id),
+                      {"round": server_round, "node_id": node_id, "partition_id": partition_id,
+                       "num_partitions": num_partitions, "indices": [int(i) for i in indices]})
+
+
 def aggregate_train_metrics(records: list[RecordDict], weighting_key: str) -> MetricRecord:
-    """The round's training metrics: examples and clients summed, local steps averaged by examples.
-    Identifiers (a client's partition id) are not averaged into a number that means nothing."""
+    """The round's training metrics: examples and clients summed, local steps averaged by examples."""
     metrics = [record["metrics"] for record in records]
     examples = sum(int(m[weighting_key]) for m in metrics)
     steps = sum(float(m["local-steps"]) * int(m[weighting_key]) for m in metrics) / max(examples, 1)
     return MetricRecord({weighting_key: examples, "local-steps": steps, "clients": len(metrics)})
 
 
-CAPTURE_KEYS = ("round", "partition_id", "global_weights", "client_weights", "mode", "local_lr", "batch_size",
+CAPTURE_KEYS = ("round", "node_id", "global_weights", "client_weights", "mode", "local_lr", "batch_size",
                 "defense", "settings")
 
 
@@ -316,7 +339,7 @@ def read_capture(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise FederatedError(f"capture {path} {what}; pass a file the curious server wrote (<output_dir>/captures/"
-                             "roundRRR-clientPPPP.pt, made by `workbench federated simulate`).")
+                             "roundRRR-node<id>.pt, made by `workbench federated simulate`).")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -1,12 +1,12 @@
 """Run a gradient-inversion attack on an update the curious server captured, and score it.
 
-    workbench federated attack gifd --capture runs/federated/app/captures/round001-client0003.pt \
+    workbench federated attack gifd --capture runs/federated/app/captures/round001-node<id>.pt \
         --prior runs/priors/in --preset quick --out reports/attack
 
 The attacker's inputs are the capture alone (global weights, the client's update, batch size,
 learning rate, the defense's public parameters) plus, for GGL and GIFD, a generator trained on
 images no client holds (``workbench federated train-prior``). The ground truth is recomputed
-afterwards, for scoring only, from the deterministic client batch (``capture_ground_truth``).
+afterwards, for scoring only, from the note the client kept of what it trained on (``capture_ground_truth``).
 
 Presets: ``paper`` uses the official iteration counts (IG 15,000 iterations x 4 restarts; GGL 800
 CMA-ES iterations x 50 samples; GIFD 1,000 steps per stage x 4 restarts); ``quick`` is scaled for a
@@ -22,12 +22,12 @@ from typing import Any
 import torch
 
 from grp_workbench.federated import FederatedError
-from grp_workbench.federated.app import client_partitions, client_pool, make_model, read_capture
+from grp_workbench.federated.app import client_pool, make_model, read_capture
 from grp_workbench.federated.attacks import dlg, ggl, gifd
 from grp_workbench.federated.attacks import inverting_gradients as ig
 from grp_workbench.federated.metrics import match_order, reconstruction_metrics
-from grp_workbench.federated.partition import client_batch
 from grp_workbench.harness.config import apply_overrides
+from grp_workbench.harness.runs import read_json
 
 ATTACKS = ("dlg", "idlg", "ig", "ggl", "gifd")
 GENERATIVE = ("ggl", "gifd")
@@ -50,19 +50,26 @@ def attack_config(name: str, preset: str, overrides: dict[str, Any] | None = Non
     return apply_overrides(config_cls(**PRESETS[preset][name]), overrides or {}, where=f"{name} setting")
 
 
+def client_truth(record: dict[str, Any]) -> dict[str, Any]:
+    """The note the client wrote for a captured round (``federated/app.py::write_client_truth``):
+    partition id, number of partitions, the pool indices it trained on. Evaluation only."""
+    from grp_workbench.federated.app import client_truth_path
+
+    path = client_truth_path(record["settings"]["output_dir"], record["round"], record["node_id"])
+    if not path.is_file():
+        raise FederatedError(f"no client note {path} for this capture (round {record['round']}, node "
+                             f"{record['node_id']}): scoring needs the simulation's {path.parent.name}/ folder next "
+                             "to captures/; capture the update again with `workbench federated simulate`.")
+    return read_json(path)
+
+
 def capture_ground_truth(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images and labels behind a FedSGD capture (evaluation only: the attacker never sees them)."""
+    """The images and labels behind a capture (evaluation only: the attacker never sees them), joined by
+    round and node id: the FedSGD batch, or for a FedAvg update every image the client trained on."""
     settings = record["settings"]
-    if "num_partitions" not in record:
-        raise FederatedError("this capture predates the num_partitions field; capture it again.")
-    client_data = settings.get("client_data", "mnist")  # captures made before the setting held MNIST
-    data, _ = client_pool(client_data, settings["data_dir"], settings["seed"])
-    mine = client_partitions(settings["data_dir"], settings["seed"], record["num_partitions"], settings["partition"],
-                             settings["dirichlet_alpha"], client_data)[record["partition_id"]]
-    if record["mode"] != "fedsgd":  # a FedAvg update: every image the client trained on
-        return data.images[mine], data.labels[mine]
-    batch = client_batch(mine, record["batch_size"], record["round"], record["partition_id"], settings["seed"])
-    return data.images[batch], data.labels[batch]
+    data, _ = client_pool(settings.get("client_data", "mnist"), settings["data_dir"], settings["seed"])
+    indices = torch.as_tensor(client_truth(record)["indices"], dtype=torch.long)
+    return data.images[indices], data.labels[indices]
 
 
 def victim_model(record: dict[str, Any]) -> torch.nn.Module:

@@ -166,7 +166,7 @@ def _prepare_inversion(options: BenchOptions, todo: list[Cell]) -> None:
         rounds = 1 if params["state"] == "untrained" else 20
         simulate(FLSettings(num_server_rounds=rounds, fraction_train=1.0, mode="fedsgd",
                             batch_size=params["batch_size"], defense=params["defense"], capture_rounds=str(rounds),
-                            capture_partitions="all", clip_norm=params["clip_norm"], output_dir=str(folder)),
+                            capture_clients="all", clip_norm=params["clip_norm"], output_dir=str(folder)),
                  params["clients"], cpus_per_client=1.0)
 
 
@@ -187,12 +187,14 @@ def _measure_inversion(cell: Cell, folder: Path) -> dict[str, float]:
 
     from grp_workbench.federated import FederatedError
     from grp_workbench.federated.app import read_capture
-    from grp_workbench.federated.attack import capture_ground_truth, run_attack
+    from grp_workbench.federated.attack import capture_ground_truth, client_truth, run_attack
     from grp_workbench.federated.generative.dcgan import OOD_CLASSES
 
     params = cell.config
     root = folder.parents[len(Path(cell.run).parts) - 1]
-    captures = sorted((_capture_folder(root, params) / "captures").glob("round*-client*.pt"))
+    # in the order of the clients' partitions (the evaluator's bookkeeping; node ids are random per simulation)
+    captures = sorted((_capture_folder(root, params) / "captures").glob("round*-node*.pt"),
+                      key=lambda c: client_truth(read_capture(c))["partition_id"])
     if params["prior"] == "ood":  # the OOD case: a prior of digits 0-4 against clients holding 5-9
         captures = [c for c in captures
                     if not set(capture_ground_truth(read_capture(c))[1].tolist()) & set(OOD_CLASSES)]

@@ -83,7 +83,8 @@ def simulate_command(
 @app.command("attack")
 def attack_command(
     name: Annotated[str, typer.Argument(help="dlg | idlg | ig | ggl | gifd")],
-    capture: Annotated[list[Path], typer.Option(help="captured update(s) (runs/.../captures/roundRRR-clientPPPP.pt)")],
+    capture: Annotated[list[Path], typer.Option(help="captured update(s) (runs/.../captures/roundRRR-node<id>.pt), or "
+                                                       "a captures/ folder (every capture in it)")],
     prior: Annotated[Optional[Path], typer.Option(help="train-prior run directory (ggl, gifd); its checkpoint is a "
                                                        "pickle: use only runs you trust")] = None,
     classifier: Annotated[Optional[Path], typer.Option(help="train-classifier run directory: adds classifier_accuracy "
@@ -95,6 +96,7 @@ def attack_command(
     overrides: Annotated[list[str], typer.Option("--set", help="attack setting key=value, repeatable")] = [],  # noqa: B006
 ) -> None:
     """Invert captured FedSGD updates; PSNR / SSIM / label accuracy against the recomputed client batch."""
+    from grp_workbench.federated import FederatedError
     from grp_workbench.federated.attack import load_classifier, run_attack, save_grid
     from grp_workbench.federated.generative.dcgan import load_generator
     from grp_workbench.harness.runs import atomic_write_json
@@ -102,7 +104,11 @@ def attack_command(
     generator = load_generator(prior) if prior else None
     evaluator = load_classifier(classifier) if classifier else None
     results = {}
-    for path in capture:
+    files = [found for path in capture for found in (sorted(path.glob("*.pt")) if path.is_dir() else [path])]
+    if not files:
+        raise FederatedError(f"no capture (*.pt) in {', '.join(map(str, capture))}; run `workbench federated "
+                             "simulate` first.")
+    for path in files:
         result = run_attack(name, path, generator, preset, seed, overrides=parse_overrides(overrides),
                             classifier=evaluator)
         results[str(path)] = result["metrics"]

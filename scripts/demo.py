@@ -21,7 +21,9 @@ from pathlib import Path
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import GAN_SPEC
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
+from grp_workbench.federated.generative.diffusion import SPEC as DIFFUSION
 from grp_workbench.federated.unlearning.gan import SPEC as GAN_UNLEARNING
+from grp_workbench.federated.unlearning.sfd import SPEC as SFD
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import WorkbenchError
 from grp_workbench.harness.progress import step
@@ -40,6 +42,8 @@ from grp_workbench.rl.ued.ppo import SPECS as UED
 # offline RL on a dataset the project builds in seconds; the MuJoCo ones take hours of SAC training
 OFFLINE = {"dataset": "pointreach-medium", "total_steps": 400, "eval_every": 200, "checkpoint_every": 200}
 RECSYS_DEMO = {"attack": "bandwagon", "total_steps": 40, "eval_every": 20, "begin_adv": 20}
+
+DIFFUSION_DEMO = {"total_steps": 1500, "eval_every": 750, "checkpoint_every": 750, "eval_per_class": 20}
 
 # (method spec, overrides) for every method in the workbench; each new method adds its line and the
 # metrics its report tables should show.
@@ -62,9 +66,15 @@ DEMO_METHODS = [
     (GAN_SPEC, {"total_steps": 600, "eval_every": 300, "checkpoint_every": 300}),
     (GAN_UNLEARNING, {"forget": 8, "method": "el2", "adapted_models": 2, "adapt_steps": 60, "unlearn_steps": 300,
                       "eval_samples": 2000, "eval_every": 180, "checkpoint_every": 180}),
+    # diffusion unlearning: a short class-conditional DDPM, then Score Forgetting Distillation forgets the 0s
+    # (the teacher is told to draw 1s instead) in a one-step generator
+    (DIFFUSION, DIFFUSION_DEMO),
+    (SFD, {"forget": 0, "override": "1", "total_steps": 100, "eval_every": 50, "checkpoint_every": 50,
+           "log_every": 10, "eval_per_class": 20}),
 ]
 REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "coverage_mse",
-                  "train/cell_accuracy", "in_dist/solved_rate", "pul", "fid"]
+                  "train/cell_accuracy", "in_dist/solved_rate", "pul", "fid", "cond_accuracy", "forget_rate",
+                  "retained_acc"]
 
 
 def level_picture(out: str, vae_run: str) -> None:
@@ -98,7 +108,7 @@ def gradient_inversion_demo(runs: str, out: str, prior_run: str) -> None:
     how = "reused capture"
     if not captures.is_dir():
         simulate(FLSettings(num_server_rounds=1, fraction_train=1.0, batch_size=1, capture_rounds="1",
-                            capture_partitions="0", output_dir=str(captures.parent)), num_clients=3)
+                            capture_clients="1", output_dir=str(captures.parent)), num_clients=3)
         how = "simulated"
     else:
         print(f"reused the capture of an earlier demo in {captures}")
@@ -145,6 +155,35 @@ def gan_unlearning_demo(out: str, unlearning_run: str) -> None:
                 f"{100 * final['forget_share']:.1f}%), classifier-feature FD {final['fid']:.1f}. Top row: the "
                 f"pre-trained GAN; bottom: the same latents after unlearning (the first 8 were "
                 f"{config['forget']}s).\n\n![before and after]({grid.name})\n")
+
+
+def sfd_demo(out: str, sfd_run: str) -> None:
+    """Per conditioning digit: the teacher's DDIM samples, then the one-step generator's after SFD."""
+    import torch
+
+    from grp_workbench.federated.generative.diffusion import load_diffusion, sample
+    from grp_workbench.federated.unlearning.diffusion_benchmarks import one_step_sampler
+    from grp_workbench.federated.unlearning.sfd import load_sfd_generator
+    from grp_workbench.harness.report import plot_image_grid
+
+    config = RunDir(sfd_run).header["config"]
+    labels = torch.arange(10).repeat_interleave(4)
+    teacher = sample(load_diffusion(config["teacher"])[0], labels, 20, generator=torch.Generator().manual_seed(0))
+    student = one_step_sampler(*load_sfd_generator(sfd_run))(labels, torch.Generator().manual_seed(0))
+    rows = {f"digit {d}": [im[0].numpy() for im in torch.cat([teacher[labels == d], student[labels == d]])]
+            for d in range(10)}
+    grid = plot_image_grid(rows, Path(out) / "sfd.png", cmap="gray", vmin=0, vmax=1)
+    final = RunDir(sfd_run).summary["final"]
+    teacher_final = RunDir(config["teacher"]).summary["final"]
+    with open(Path(out) / "report.md", "a") as f:
+        f.write(f"\n## Diffusion unlearning: Score Forgetting Distillation forgets the {config['forget']}s\n\n"
+                f"Teacher (demo budget): the classifier's accuracy on its conditional samples "
+                f"{teacher_final.get('cond_accuracy', float('nan')):.2f}. After SFD (demo budget), the one-step "
+                f"generator's samples conditioned on {config['forget']} are labelled {config['forget']} in "
+                f"{final['forget_rate']:.0%} of cases and {config['override']} in {final.get('override_rate', 0):.0%}; "
+                f"retained-digit accuracy {final['retained_acc']:.2f}. Each row: 4 teacher samples (DDIM, 20 "
+                f"network evaluations each), then 4 of the one-step generator (1 evaluation).\n\n"
+                f"![teacher and SFD samples per digit]({grid.name})\n")
 
 
 def prepare_data() -> tuple[str, float]:
@@ -208,6 +247,10 @@ def main() -> int:
                     overrides = {**overrides, "vae_run": vae_run}
                 if spec is GAN_UNLEARNING:
                     overrides = {**overrides, "gan": made[GAN_SPEC.name], "classifier": made[CLASSIFIER.name]}
+                if spec is DIFFUSION:
+                    overrides = {**overrides, "classifier": made[CLASSIFIER.name]}
+                if spec is SFD:
+                    overrides = {**overrides, "teacher": made[DIFFUSION.name], "classifier": made[CLASSIFIER.name]}
                 config = build_config(spec.config_cls, spec.presets, args.preset, {**overrides, "seed": seed})
                 run_dir = f"{args.runs}/{spec.name}/{spec.task(config)}/{args.preset}-seed{seed}"
                 made.setdefault(spec.name, run_dir)
@@ -229,6 +272,9 @@ def main() -> int:
         with step("generative unlearning: before / after grid") as timed:
             gan_unlearning_demo(args.out, made[GAN_UNLEARNING.name])
         timings.append(("generative unlearning grid", timed["seconds"], ""))
+        with step("diffusion unlearning: teacher / SFD grid") as timed:
+            sfd_demo(args.out, made[SFD.name])
+        timings.append(("diffusion unlearning grid", timed["seconds"], ""))
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

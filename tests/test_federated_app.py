@@ -1,3 +1,6 @@
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +9,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from grp_workbench.federated import FederatedError
 from grp_workbench.federated.app import CuriousFedAvg, FLSettings, batch_gradient, client_app, make_model, read_capture
+from grp_workbench.federated.attack import client_truth
 from grp_workbench.federated.data import load_mnist
 from grp_workbench.federated.defenses import clip_global_norm, defend, prune_smallest
 from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
@@ -19,14 +23,18 @@ def flower_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
-def _train_message(model, server_round=1):
+def _train_message(model, server_round=1, node_id=7):
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
                           "config": ConfigRecord({"server-round": server_round})})
-    return Message(content=content, dst_node_id=7, message_type="train")
+    return Message(content=content, dst_node_id=node_id, message_type="train")
 
 
-def _context(partition_id=3, n_partitions=10, **run_config):
-    return Context(run_id=1, node_id=7, node_config={"partition-id": partition_id, "num-partitions": n_partitions},
+def _context(partition_id=3, n_partitions=10, node_id=7, **run_config):
+    """A client's context; a client writes its note of a captured round only where a test asks
+    (``capture_rounds`` and ``output_dir`` given), never into the checkout."""
+    run_config.setdefault("capture_rounds", "")
+    return Context(run_id=1, node_id=node_id, node_config={"partition-id": partition_id,
+                                                           "num-partitions": n_partitions},
                    state=RecordDict(), run_config=run_config)
 
 
@@ -58,7 +66,7 @@ def test_fedsgd_client_returns_one_sgd_step_on_its_recomputable_batch():
     model = make_model(0)
     reply = client_app(_train_message(model), _context(batch_size=4, local_lr=0.1))
     metrics = reply.content["metrics"]
-    assert (metrics["num-examples"], metrics["partition-id"], metrics["local-steps"]) == (4, 3, 1)
+    assert dict(metrics) == {"num-examples": 4, "local-steps": 1}  # no identifier the protocol does not need
     settings = FLSettings(batch_size=4)
     from grp_workbench.federated.app import client_partitions, mnist_with_roles
 
@@ -106,8 +114,9 @@ def test_the_server_cannot_regenerate_the_client_noise():
 def _capture_one_update(tmp_path, batch_size, local_lr):
     """Client 3's round-1 FedSGD update, aggregated by the curious server, which records it."""
     model = make_model(0)
-    reply = client_app(_train_message(model), _context(batch_size=batch_size, local_lr=local_lr))
-    settings = FLSettings(local_lr=local_lr, batch_size=batch_size, capture_rounds="1", capture_partitions="3")
+    reply = client_app(_train_message(model), _context(batch_size=batch_size, local_lr=local_lr, capture_rounds="1",
+                                                       output_dir=str(tmp_path)))
+    settings = FLSettings(local_lr=local_lr, batch_size=batch_size, capture_rounds="1", output_dir=str(tmp_path))
     strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     arrays, _ = strategy.aggregate_train(1, [reply])
@@ -118,7 +127,8 @@ def test_curious_server_records_an_update_the_attacker_can_turn_into_the_gradien
     model, strategy, arrays = _capture_one_update(tmp_path, batch_size=2, local_lr=0.05)
     assert arrays is not None and len(strategy.captured) == 1
     record = read_capture(strategy.captured[0])
-    assert record["batch_size"] == 2 and record["local_steps"] == 1 and record["partition_id"] == 3
+    assert record["batch_size"] == 2 and record["local_steps"] == 1 and record["node_id"] == 7
+    assert "partition_id" not in record and client_truth(record)["partition_id"] == 3  # the client's note only
     data = load_mnist(None, "test")
     from grp_workbench.federated.app import client_partitions
 
@@ -135,8 +145,8 @@ def test_bad_run_config_names_the_key():
         FLSettings.from_run_config({"mode": "fedsdg"})
     with pytest.raises(FederatedError, match=r"capture_rounds='x': 'x' is not a non-negative integer"):
         FLSettings.from_run_config({"capture-rounds": "x"})
-    with pytest.raises(FederatedError, match=r"capture_partitions='0,b'"):
-        FLSettings.from_run_config({"capture-partitions": "0,b"})
+    with pytest.raises(FederatedError, match=r"capture_clients='0,b'"):
+        FLSettings.from_run_config({"capture-clients": "0,b"})
 
 
 def test_a_bad_capture_list_stops_the_simulate_command_before_ray_starts():
@@ -217,15 +227,23 @@ def test_a_failing_client_is_recorded_and_identifiers_are_not_averaged(tmp_path)
     from flwr.app import Error
 
     model = make_model(0)
-    good = [client_app(_train_message(model), _context(partition_id=p, batch_size=4)) for p in (1, 3)]
+    good = [client_app(_train_message(model, node_id=node), _context(partition_id=p, node_id=node, batch_size=4,
+                                                                     capture_rounds="1", output_dir=str(tmp_path)))
+            for p, node in ((1, 11), (3, 5))]
     failed = Message(Error(code=0, reason="client crashed: out of memory"), reply_to=_train_message(model))
-    strategy = CuriousFedAvg(FLSettings(batch_size=4, capture_rounds="1", capture_partitions="all"), tmp_path,
-                             min_train_nodes=1, min_available_nodes=1)
+    settings = FLSettings(batch_size=4, capture_rounds="1", capture_clients="all", output_dir=str(tmp_path))
+    strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     _, metrics = strategy.aggregate_train(1, [*good, failed])
     assert strategy.rounds == [{"round": 1, "participants": 2, "failures": 1, "failed_nodes": [7],
                                 "failure_reasons": ["client crashed: out of memory"]}]
-    assert len(strategy.captured) == 2
+    assert [Path(c).name for c in strategy.captured] == ["round001-node5.pt", "round001-node11.pt"]
+    # capture_clients=1: only the reply with the lowest node id
+    one = CuriousFedAvg(dataclasses.replace(settings, capture_clients="1"), tmp_path / "one", min_train_nodes=1,
+                        min_available_nodes=1)
+    one.sent[1] = model.state_dict()
+    one.aggregate_train(1, [*good, failed])
+    assert [Path(c).name for c in one.captured] == ["round001-node5.pt"]
     assert dict(metrics) == {"num-examples": 8, "local-steps": 1.0, "clients": 2}  # no averaged partition id
 
 
@@ -267,8 +285,9 @@ def test_local_dp_matches_flowers_gaussian_mechanism_and_reports_epsilon(tmp_pat
         FLSettings.from_run_config({"defense": "dp", "dp-epsilon": 0.0})
     # the capture states the privacy of the update it holds
     model = make_model(0)
-    reply = client_app(_train_message(model), _context(batch_size=4, defense="dp", dp_epsilon=8.0))
-    settings = FLSettings(batch_size=4, defense="dp", dp_epsilon=8.0, capture_rounds="1", capture_partitions="3")
+    reply = client_app(_train_message(model), _context(batch_size=4, defense="dp", dp_epsilon=8.0, capture_rounds="1",
+                                                       output_dir=str(tmp_path)))
+    settings = FLSettings(batch_size=4, defense="dp", dp_epsilon=8.0, capture_rounds="1", output_dir=str(tmp_path))
     strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     strategy.aggregate_train(1, [reply])
@@ -285,8 +304,9 @@ def test_client_data_is_a_setting_mnist_digits_or_an_image_folder(tmp_path):
 
     # scikit-learn digits as the clients' data: the capture's ground truth comes from the same pool
     model = make_model(0)
-    reply = client_app(_train_message(model), _context(batch_size=2, client_data="digits"))
-    settings = FLSettings(batch_size=2, client_data="digits", capture_rounds="1", capture_partitions="3")
+    reply = client_app(_train_message(model), _context(batch_size=2, client_data="digits", capture_rounds="1",
+                                                       output_dir=str(tmp_path)))
+    settings = FLSettings(batch_size=2, client_data="digits", capture_rounds="1", output_dir=str(tmp_path))
     strategy = CuriousFedAvg(settings, tmp_path / "captures", min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     strategy.aggregate_train(1, [reply])

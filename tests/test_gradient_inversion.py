@@ -231,11 +231,12 @@ def test_a_fedavg_capture_is_attacked_end_to_end(tmp_path, monkeypatch):
                                           "config": ConfigRecord({"server-round": 1})}), dst_node_id=7,
                       message_type="train")
     # 3,000 partitions of the 6,000 client images: 2 images each, one full batch per local epoch
-    run_config = {"mode": "fedavg", "local_epochs": 2, "batch_size": 2, "local_lr": 0.1}
+    run_config = {"mode": "fedavg", "local_epochs": 2, "batch_size": 2, "local_lr": 0.1, "capture_rounds": "1",
+                  "output_dir": str(tmp_path)}
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 5, "num-partitions": 3000},
                       state=RecordDict(), run_config=run_config)
     reply = client_app(message, context)
-    settings = FLSettings(**{k: v for k, v in run_config.items()}, capture_rounds="1", capture_partitions="5")
+    settings = FLSettings(**run_config)
     strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     strategy.aggregate_train(1, [reply])
