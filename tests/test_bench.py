@@ -331,6 +331,8 @@ def test_measured_cells_record_once_per_parameters_under_every_executor(tmp_path
     # a prepared level VAE, then four students each evaluated on two level sets: the two aggregates
     # and one record per structure (4 of test.npz, 14 of held_out.npz)
     ("level_generation", {"seeds": (0,)}, 4 * (2 + 4 + 14)),
+    # a prepared (and pinned) classifier and teacher, then the teacher scored and SFD, SA, SalUn trained
+    ("diffusion_unlearning", {"tasks": ("mnist-forget0",)}, 4),
 ])
 def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, records, tmp_path):
     ref_options = _options(tmp_path, suite_name, budget="tiny", **options)
@@ -343,6 +345,8 @@ def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, re
     readme = (Path(ref_options.out) / "README.md").read_text()
     assert "Status: PARTIAL" in readme or "Status: complete" in readme
     assert "Claims of the paper and the direction measured here" in readme
+    if suite_name == "diffusion_unlearning":  # the shared teacher is pinned beside the results
+        assert RunDir(Path(ref_options.out) / "pinned" / "teacher").is_finished()
     if suite_name == "level_generation":  # DRED's buffer statistics, drawn from its run's logs
         assert (Path(ref_options.out) / "buffer.png").is_file() and "buffer.png" in readme
 
