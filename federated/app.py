@@ -66,6 +66,15 @@ class FLSettings:
     soteria_rate: float = 10.0  # soteria: percent of last-layer input features pruned
     dp_epsilon: float = 8.0  # dp: the (epsilon, delta) of each released update (Flower's LocalDpMod)
     dp_delta: float = 1e-5
+    # secure aggregation (Flower's SecAgg+: SecAggPlusWorkflow / secaggplus_mod, federated/secagg.py): the
+    # server learns only the weighted average of the round's updates; shares and threshold as Flower's
+    secagg: bool = False
+    secagg_shares: int = 3  # each client's secret-sharing neighbours
+    secagg_threshold: int = 2  # shares needed to unmask a client (>= 2, <= secagg_shares)
+    # the largest example count a client may report: SecAgg+ scales each update by count / max_weight
+    # before quantizing, so a bound far above the real counts costs precision (Flower's 1000 with
+    # FedSGD batches of 1 left errors of 3e-3 per weight). 0 = the batch size for FedSGD, 1000 for FedAvg
+    secagg_max_weight: float = 0.0
     capture_rounds: str = "1"  # comma-separated rounds whose updates the server records ("" = none)
     capture_clients: str = "1"  # per captured round, record this many replies (lowest node ids first), or "all"
     output_dir: str = "runs/federated/app"
@@ -94,6 +103,12 @@ class FLSettings:
             local_dp_std(settings.clip_norm, settings.dp_epsilon, settings.dp_delta)  # bad values: one line now
         if settings.defense == "soteria" and settings.mode != "fedsgd":
             raise FederatedError("defense=soteria perturbs one FedSGD gradient; use mode=fedsgd (or another defense).")
+        if settings.secagg and not 2 <= settings.secagg_threshold <= settings.secagg_shares:
+            raise FederatedError(f"secagg_threshold={settings.secagg_threshold} must lie in 2..secagg_shares "
+                                 f"({settings.secagg_shares}).")
+        if settings.secagg and settings.defense == "soteria":
+            raise FederatedError("defense=soteria needs the adaptive attacker's view of one client's gradient; it is "
+                                 "not run under secagg.")
         settings.rounds_to_capture()  # a malformed list is one line here, before Ray or Flower start
         settings.clients_to_capture()
         return settings
@@ -166,14 +181,24 @@ client_app = ClientApp()
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
     settings = FLSettings.from_run_config(dict(context.run_config))
+    server_round = int(msg.content["config"]["server-round"])
+    state, n_examples, steps = local_update(settings, context, msg.content["arrays"].to_torch_state_dict(),
+                                            server_round)
+    metrics = MetricRecord({"num-examples": n_examples, "local-steps": steps})
+    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+
+
+def local_update(settings: FLSettings, context: Context, global_state: dict[str, torch.Tensor], server_round: int
+                 ) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The client's (defended) new weights from the global ones, its example count and local steps;
+    in a captured round it also writes its note of what it trained on (``write_client_truth``)."""
     partition_id = int(context.node_config["partition-id"])  # the client's own: never sent
     n_partitions = int(context.node_config["num-partitions"])
-    server_round = int(msg.content["config"]["server-round"])
     data, _ = client_pool(settings.client_data, settings.data_dir, settings.seed)
     mine = client_partitions(settings.data_dir, settings.seed, n_partitions, settings.partition,
                              settings.dirichlet_alpha, settings.client_data)[partition_id]
     model = make_model(settings.seed)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(global_state)
     model.eval()  # no dropout or batch-norm in this model; eval keeps it that way for any model
     # The defense's noise comes from the operating system's entropy: seeded from anything the server
     # also knows (run seed, round, partition id) it could be regenerated and subtracted exactly.
@@ -216,8 +241,7 @@ def client_train(msg: Message, context: Context) -> Message:
     state = {name: tensor for (name, _), tensor in zip(model.named_parameters(), new_weights)}
     if server_round in settings.rounds_to_capture():
         write_client_truth(settings.output_dir, server_round, int(context.node_id), partition_id, n_partitions, used)
-    metrics = MetricRecord({"num-examples": n_examples, "local-steps": steps})
-    return Message(content=RecordDict({"arrays": ArrayRecord(state), "metrics": metrics}), reply_to=msg)
+    return state, n_examples, steps
 
 
 # ---- server ------------------------------------------------------------------------------------

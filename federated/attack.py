@@ -52,15 +52,23 @@ def attack_config(name: str, preset: str, overrides: dict[str, Any] | None = Non
 
 def client_truth(record: dict[str, Any]) -> dict[str, Any]:
     """The note the client wrote for a captured round (``federated/app.py::write_client_truth``):
-    partition id, number of partitions, the pool indices it trained on. Evaluation only."""
+    partition id, number of partitions, the pool indices it trained on. For a secure-aggregation
+    capture (``node_ids``: the average of several clients), the union of their notes. Evaluation only."""
     from grp_workbench.federated.app import client_truth_path
 
-    path = client_truth_path(record["settings"]["output_dir"], record["round"], record["node_id"])
-    if not path.is_file():
-        raise FederatedError(f"no client note {path} for this capture (round {record['round']}, node "
-                             f"{record['node_id']}): scoring needs the simulation's {path.parent.name}/ folder next "
-                             "to captures/; capture the update again with `workbench federated simulate`.")
-    return read_json(path)
+    notes = []
+    for node in record.get("node_ids") or [record["node_id"]]:
+        path = client_truth_path(record["settings"]["output_dir"], record["round"], node)
+        if not path.is_file():
+            raise FederatedError(f"no client note {path} for this capture (round {record['round']}, node {node}): "
+                                 f"scoring needs the simulation's {path.parent.name}/ folder next to captures/; "
+                                 "capture the update again with `workbench federated simulate`.")
+        notes.append(read_json(path))
+    if len(notes) == 1:
+        return notes[0]
+    return {"round": record["round"], "node_ids": record["node_ids"],
+            "partition_id": min(n["partition_id"] for n in notes), "partition_ids": [n["partition_id"] for n in notes],
+            "indices": [i for n in notes for i in n["indices"]]}
 
 
 def capture_ground_truth(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

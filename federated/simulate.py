@@ -36,7 +36,13 @@ def simulate(settings: FLSettings, num_clients: int, cpus_per_client: float = 1.
     os.environ[SETTINGS_ENV] = encoded
     backend_config = {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0}}
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
+        if settings.secagg:  # Flower's SecAgg+ workflow and client mod (federated/secagg.py)
+            from grp_workbench.federated.secagg import secagg_client_app, secagg_server_app
+
+            apps = {"server_app": secagg_server_app, "client_app": secagg_client_app}
+        else:
+            apps = {"server_app": server_app, "client_app": client_app}
+        run_simulation(**apps, num_supernodes=num_clients,
                        backend_config=backend_config, verbose_logging=verbose)
     finally:
         os.environ.clear()

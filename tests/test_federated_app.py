@@ -327,3 +327,35 @@ def test_client_data_is_a_setting_mnist_digits_or_an_image_folder(tmp_path):
     assert folder.images.shape == (6, 1, 28, 28) and folder.labels.tolist() == [0, 0, 0, 1, 1, 1] and len(pool) == 6
     with pytest.raises(FederatedError, match="client_data='nowhere' must be mnist, digits or a folder"):
         FLSettings.from_run_config({"client-data": "nowhere"})
+
+
+@pytest.mark.slow  # a Ray simulation: minutes on 2 busy cores (`pytest -m slow`); run for issue 19 here
+def test_secure_aggregation_round_completes_and_the_server_sees_only_the_average(tmp_path):
+    from grp_workbench.federated.app import client_pool
+    from grp_workbench.federated.attack import capture_ground_truth
+    from grp_workbench.federated.simulate import simulate
+
+    settings = FLSettings(num_server_rounds=1, batch_size=1, secagg=True, capture_clients="all",
+                          output_dir=str(tmp_path))
+    summary = simulate(settings, num_clients=3)
+    assert summary["rounds"][0]["participants"] == 3 and len(summary["captures"]) == 1
+    record = read_capture(summary["captures"][0])
+    assert len(record["node_ids"]) == 3 and record["batch_size"] == 3  # one update of the union of 3 batches
+    model = make_model(0)
+    model.load_state_dict(record["global_weights"])
+    data, _ = client_pool("mnist", "", 0)
+    per_client = [batch_gradient(model, data.images[[i]], data.labels[[i]])
+                  for i in (client_truth(dict(record, node_ids=None, node_id=n))["indices"][0]
+                            for n in record["node_ids"])]
+    for k, captured in enumerate(record["gradient"]):
+        average = sum(g[k] for g in per_client) / 3
+        assert torch.allclose(captured, average, atol=1e-4)  # SecAgg+ quantization: ~4e-5 measured
+    images, _ = capture_ground_truth(record)
+    assert images.shape == (3, 1, 28, 28)
+
+
+def test_secagg_settings_are_checked_before_anything_starts():
+    with pytest.raises(FederatedError, match="secagg_threshold=4"):
+        FLSettings.from_run_config({"secagg": True, "secagg-threshold": 4, "secagg-shares": 3})
+    with pytest.raises(FederatedError, match="not run under secagg"):
+        FLSettings.from_run_config({"secagg": True, "defense": "soteria"})
