@@ -21,7 +21,6 @@ from pathlib import Path
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import GAN_SPEC
 from grp_workbench.federated.generative.dcgan import SPEC as PRIOR
-from grp_workbench.federated.generative.diffusion import SPEC as DIFFUSION
 from grp_workbench.federated.unlearning.gan import SPEC as GAN_UNLEARNING
 from grp_workbench.federated.unlearning.sfd import SPEC as SFD
 from grp_workbench.harness.config import build_config
@@ -43,7 +42,9 @@ from grp_workbench.rl.ued.ppo import SPECS as UED
 OFFLINE = {"dataset": "pointreach-medium", "total_steps": 400, "eval_every": 200, "checkpoint_every": 200}
 RECSYS_DEMO = {"attack": "bandwagon", "total_steps": 40, "eval_every": 20, "begin_adv": 20}
 
-DIFFUSION_DEMO = {"total_steps": 1500, "eval_every": 750, "checkpoint_every": 750, "eval_per_class": 20}
+# SFD distils the diffusion_unlearning benchmark's pinned teacher: a teacher good enough to unlearn from
+# takes thousands of CPU steps (benchmarks/diffusion_unlearning), more than a demo can train
+PINNED_TEACHER = Path("benchmarks/diffusion_unlearning/pinned/teacher")
 
 # (method spec, overrides) for every method in the workbench; each new method adds its line and the
 # metrics its report tables should show.
@@ -66,9 +67,8 @@ DEMO_METHODS = [
     (GAN_SPEC, {"total_steps": 600, "eval_every": 300, "checkpoint_every": 300}),
     (GAN_UNLEARNING, {"forget": 8, "method": "el2", "adapted_models": 2, "adapt_steps": 60, "unlearn_steps": 300,
                       "eval_samples": 2000, "eval_every": 180, "checkpoint_every": 180}),
-    # diffusion unlearning: a short class-conditional DDPM, then Score Forgetting Distillation forgets the 0s
-    # (the teacher is told to draw 1s instead) in a one-step generator
-    (DIFFUSION, DIFFUSION_DEMO),
+    # diffusion unlearning: Score Forgetting Distillation makes the pinned class-conditional DDPM's one-step
+    # student forget the 0s (the teacher is told to draw 1s instead)
     (SFD, {"forget": 0, "override": "1", "total_steps": 100, "eval_every": 50, "checkpoint_every": 50,
            "log_every": 10, "eval_per_class": 20}),
 ]
@@ -177,8 +177,9 @@ def sfd_demo(out: str, sfd_run: str) -> None:
     teacher_final = RunDir(config["teacher"]).summary["final"]
     with open(Path(out) / "report.md", "a") as f:
         f.write(f"\n## Diffusion unlearning: Score Forgetting Distillation forgets the {config['forget']}s\n\n"
-                f"Teacher (demo budget): the classifier's accuracy on its conditional samples "
-                f"{teacher_final.get('cond_accuracy', float('nan')):.2f}. After SFD (demo budget), the one-step "
+                f"Teacher (`{config['teacher']}`, pinned by the diffusion_unlearning benchmark): the classifier's "
+                f"accuracy on its conditional samples {teacher_final.get('cond_accuracy', float('nan')):.2f}. After "
+                f"SFD (demo budget), the one-step "
                 f"generator's samples conditioned on {config['forget']} are labelled {config['forget']} in "
                 f"{final['forget_rate']:.0%} of cases and {config['override']} in {final.get('override_rate', 0):.0%}; "
                 f"retained-digit accuracy {final['retained_acc']:.2f}. Each row: 4 teacher samples (DDIM, 20 "
@@ -247,10 +248,12 @@ def main() -> int:
                     overrides = {**overrides, "vae_run": vae_run}
                 if spec is GAN_UNLEARNING:
                     overrides = {**overrides, "gan": made[GAN_SPEC.name], "classifier": made[CLASSIFIER.name]}
-                if spec is DIFFUSION:
-                    overrides = {**overrides, "classifier": made[CLASSIFIER.name]}
                 if spec is SFD:
-                    overrides = {**overrides, "teacher": made[DIFFUSION.name], "classifier": made[CLASSIFIER.name]}
+                    if not RunDir(PINNED_TEACHER).is_finished():
+                        raise WorkbenchError(f"{PINNED_TEACHER} (the pinned diffusion teacher) is missing: it is "
+                                             "committed with the benchmark; `workbench bench diffusion_unlearning "
+                                             "--methods teacher` trains and pins one.")
+                    overrides = {**overrides, "teacher": str(PINNED_TEACHER), "classifier": made[CLASSIFIER.name]}
                 config = build_config(spec.config_cls, spec.presets, args.preset, {**overrides, "seed": seed})
                 run_dir = f"{args.runs}/{spec.name}/{spec.task(config)}/{args.preset}-seed{seed}"
                 made.setdefault(spec.name, run_dir)
