@@ -170,3 +170,35 @@ def test_no_best_without_selection_and_early_stopping_after_patience(tmp_path, m
     stopped = train(TOY_SPEC, _config(), tmp_path / "stopped", "paper", quiet=True)
     assert stopped["status"] == "finished" and stopped["stopped_early"] == 30 and stopped["step"] == 30
     assert stopped["best"]["step"] == 10
+
+
+def test_the_warmed_up_average_forgets_the_initialisation_and_resumes_the_ramp():
+    """A plain EMA of decay 0.999 still holds 0.999**99 = 91% of the first weights after 100 updates;
+    the warmed-up one holds their product of ramped decays (under 0.1%), and a reload keeps the count."""
+    import torch
+    from torch import nn
+
+    from grp_workbench.harness.averaging import exponential_average, warmup_decay
+
+    assert warmup_decay(0.999, 0) == 0.1 and warmup_decay(0.999, 10_000) == 0.999
+    net = nn.Linear(1, 1, bias=False)
+    plain, ramped = exponential_average(net, 0.999), exponential_average(net, 0.999, warmup=True)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for average in (plain, ramped):
+        average.update_parameters(net)  # the first update copies: the 'initialisation' is 1
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    for _ in range(99):
+        plain.update_parameters(net)
+        ramped.update_parameters(net)
+    assert plain.module.weight.item() == pytest.approx(0.999 ** 99)
+    expected = 1.0
+    for n in range(1, 100):
+        expected *= warmup_decay(0.999, n)
+    assert ramped.module.weight.item() == pytest.approx(expected) and expected < 1e-3
+    copy = exponential_average(nn.Linear(1, 1, bias=False), 0.999, warmup=True)
+    copy.load_state_dict(ramped.state_dict())
+    assert int(copy.n_averaged) == 100
+    with pytest.raises(ValueError, match="decay"):
+        exponential_average(net, 1.0)

@@ -184,14 +184,14 @@ class DiffusionUnlearning:
     selects_best = False  # the rates are test metrics: the last evaluation is the result
 
     def __init__(self, config: DiffusionUnlearningConfig, policy: DevicePolicy):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from grp_workbench.harness.averaging import exponential_average
 
         self.config, self.device = config, policy.device
         teacher, self.classifier = load_inputs(config, self.device)
         self.teacher = teacher.eval().requires_grad_(False)
         self.model = copy.deepcopy(teacher).train().requires_grad_(True)
         self.anchor = {name: p.detach().clone() for name, p in self.model.named_parameters()}
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        self.ema = exponential_average(self.model, config.ema_decay)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
         self.rng = torch.Generator(device=self.device).manual_seed(config.seed)
         self.prepared: dict[str, Any] | None = None  # SA: replay set and Fisher; SalUn: the saliency mask

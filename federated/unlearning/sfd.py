@@ -152,15 +152,14 @@ class ScoreForgettingDistillation:
     selects_best = False  # the rates are test metrics: the last evaluation is the result
 
     def __init__(self, config: SFDConfig, policy: DevicePolicy):
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from grp_workbench.harness.averaging import exponential_average
 
         self.config, self.device = config, policy.device
         teacher, classifier = load_inputs(config, self.device)
         self.teacher = teacher.eval().requires_grad_(False)
         self.fake = copy.deepcopy(teacher).train().requires_grad_(True)
         self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
-        self.ema = AveragedModel(self.generator, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
-                                 use_buffers=True)
+        self.ema = exponential_average(self.generator, config.ema_decay)
         betas = (0.0, 0.999)
         self.fake_optimizer = torch.optim.Adam(self.fake.parameters(), lr=config.fake_lr, betas=betas, eps=1e-8)
         self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.generator_lr, betas=betas,
