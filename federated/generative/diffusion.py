@@ -149,9 +149,8 @@ class DiffusionTraining:
     higher_is_better = False
 
     def __init__(self, config: DiffusionConfig, policy: DevicePolicy):
-        from grp_workbench.harness.averaging import exponential_average
-
         from grp_workbench.federated.classifier import classifier_split
+        from grp_workbench.harness.averaging import exponential_average
 
         self.config, self.device = config, policy.device
         (images, labels), (held_images, held_labels) = classifier_split(config.data_dir)
