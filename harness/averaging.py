@@ -6,8 +6,8 @@ Built on ``torch.optim.swa_utils.AveragedModel``. ``warmup`` ramps the decay as
 ``ExponentialMovingAverage``): a plain EMA that starts from a network's random initialisation keeps
 ``decay ** n`` of it (0.999 ** 1000 = 37%), so a short CPU run would be evaluated on weights that are
 still a third noise; the ramp forgets the initialisation within the first hundred updates and reaches
-the plain decay after ``9 decay / (1 - decay)`` updates. Without ``warmup`` the average is the plain
-one, as when a copy starts from a trained network (it should stay near it).
+the plain decay after ``(10 decay - 1) / (1 - decay)`` updates (8,990 for 0.999). Without ``warmup``
+the average is the plain one, as when a copy starts from a trained network (it should stay near it).
 """
 
 from __future__ import annotations
