@@ -34,6 +34,15 @@ class PointReachEnv(gym.Env):
         return self.position.copy(), reward, False, False, {}
 
 
+    def snapshot(self) -> dict:
+        """What continues an episode exactly (a checkpointed online run saves it)."""
+        return {"position": self.position.copy(), "np_random": self.np_random.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        self.position = np.asarray(state["position"], dtype=np.float32).copy()
+        self.np_random.bit_generator.state = state["np_random"]
+
+
 def expert_action(observation: np.ndarray) -> np.ndarray:
     """Head for the origin at full speed, slowing down within one step of it."""
     return np.clip(-observation / 0.1, -1.0, 1.0).astype(np.float32)

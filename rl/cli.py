@@ -1,4 +1,5 @@
-"""Reinforcement learning: offline RL (TD3+BC, A2PR, BC) and its datasets; level generation (DR, PLR, DRED)."""
+"""Reinforcement learning: offline RL (TD3+BC, A2PR, BC) and its datasets; model-based RL (MBPO and single-model
+variants); level generation (DR, PLR, DRED)."""
 
 from typing import Annotated, Optional
 
@@ -6,6 +7,7 @@ import typer
 
 from grp_workbench.envs.behaviour import SPEC as BEHAVIOUR
 from grp_workbench.harness.cli import train_command
+from grp_workbench.rl.mbrl.mbpo import SPEC as MBPO
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
 from grp_workbench.rl.offline.bc import SPEC as BC
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
@@ -20,6 +22,7 @@ train_app = typer.Typer(help="Train an offline RL method: --dataset NAME|FILE.hd
                         no_args_is_help=True)
 for spec in (TD3BC, A2PR, BC):
     train_app.command(spec.name)(train_command(spec))
+train_app.command(MBPO.name)(train_command(MBPO))  # online: MBPO and its single-model variants (--set variant=)
 for spec in (*UED_SPECS.values(), LEVEL_VAE):  # CaveEscape students (--set levels=train.npz) and DRED's VAE
     train_app.command(spec.name)(train_command(spec))
 for spec in PROCGEN_SPECS.values():  # PPO on Procgen levels chosen by PLR or uniformly (needs `make procgen`)
