@@ -333,6 +333,8 @@ def test_measured_cells_record_once_per_parameters_under_every_executor(tmp_path
     ("level_generation", {"seeds": (0,)}, 4 * (2 + 4 + 14)),
     # a prepared (and pinned) classifier and teacher, then the teacher scored and SFD, SA, SalUn trained
     ("diffusion_unlearning", {"tasks": ("mnist-forget0",)}, 4),
+    # the five MBPO variants on PointReach, then the side-by-side speed cell's five contenders
+    ("mbrl", {}, 5 + 5),
 ])
 def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, records, tmp_path):
     ref_options = _options(tmp_path, suite_name, budget="tiny", **options)

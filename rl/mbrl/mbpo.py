@@ -420,16 +420,16 @@ class MBPO:
         envs.close()
         return returns.reshape(members, cfg.eval_episodes)
 
-    def diagnostics(self, n_states: int = 1024) -> dict[str, float]:
-        """The critic's empirical Lipschitz constant on model states and the value-aware model error
-        on the real transitions the model has not trained on (module docstring)."""
+    def diagnostics(self, n_states: int = 1024) -> dict[str, np.ndarray]:
+        """Per member: the critic's empirical Lipschitz constant on model states and the value-aware
+        model error on the real transitions the model has not trained on (module docstring)."""
         if self.model_pool.size[0] == 0 or self.env_steps <= self.settings.initial_exploration_steps:
             return {}
         generator = torch.Generator(device=self.device).manual_seed(0)  # leaves training's stream alone
         states = self.model_pool.sample(n_states, generator)["states"]
         with torch.no_grad():
             actions = self.agent.act(states)
-        norms = critic_gradient_norms(self.agent.critic, states, actions)
+        norms = critic_gradient_norms(self.agent.critic, states, actions)  # (twins, members, B)
         recent = min(self.config.model_train_freq, min(self.real.size))
         fresh = [self.real.ordered(k) for k in range(self.n_members)]
         s, a, s_next = (torch.stack([d[name][-recent:] for d in fresh]) for name in ("states", "actions",
@@ -441,17 +441,20 @@ class MBPO:
         with torch.no_grad():
             predicted = self.model.predict_mean(s, a)  # (members, elites, B, obs)
             model_value = torch.stack([value(predicted[:, e]) for e in range(predicted.shape[1])]).mean(0)
-            error = (value(s_next) - model_value).abs().mean()
-        return {"lipschitz_max": norms.amax().item(), "lipschitz_mean": norms.mean().item(),
-                "value_aware_error": error.item()}
+            error = (value(s_next) - model_value).abs().mean(1)
+        return {"lipschitz_max": norms.amax(dim=(0, 2)).cpu().numpy(),
+                "lipschitz_mean": norms.mean(dim=(0, 2)).cpu().numpy(), "value_aware_error": error.cpu().numpy()}
 
     def evaluate(self) -> dict[str, float]:
-        returns = self.episode_returns().mean(1)
-        metrics = {"return": float(returns.mean()), "model_train_s": self.model_seconds,
+        """Means over members, and each member's value under ``<metric>/seed<k>`` when there are several."""
+        per_member = {"return": self.episode_returns().mean(1)} | self.diagnostics()
+        metrics = {"model_train_s": self.model_seconds,
                    "updates_per_s": self.sac_updates * self.n_members / self.sac_seconds if self.sac_seconds else 0.0}
-        if self.n_members > 1:
-            metrics |= {f"return/seed{self.config.seed + k}": float(r) for k, r in enumerate(returns)}
-        return metrics | self.diagnostics()
+        for name, values in per_member.items():
+            metrics[name] = float(values.mean())
+            if self.n_members > 1:
+                metrics |= {f"{name}/seed{self.config.seed + k}": float(v) for k, v in enumerate(values)}
+        return metrics
 
     # -- checkpoints ------------------------------------------------------------------------------
     def env_state(self) -> list[dict[str, Any]]:
@@ -513,10 +516,14 @@ def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit:
     return env
 
 
+def task_name(env: str, total_steps: int) -> str:
+    """``Hopper-15k``: the environment's family and the environment steps."""
+    family = env.rsplit("-", 1)[0].removeprefix("workbench/")
+    return f"{family}-{total_steps // 1000}k" if total_steps >= 1000 else f"{family}-{total_steps}"
+
+
 def _task(config: MBPOConfig) -> str:
-    family = config.env.rsplit("-", 1)[0].removeprefix("workbench/")
-    steps = f"{config.total_steps // 1000}k" if config.total_steps >= 1000 else str(config.total_steps)
-    return f"{family}-{steps}"
+    return task_name(config.env, config.total_steps)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -22,20 +22,15 @@ def sac_updates_per_s(members: int = 1, updates: int = 200, repeats: int = 5, bu
     """Median member-updates per second of ours (``members`` seeds as one network) and of SB3's SAC
     (one seed; its rate is per seed already), both sampling batch 256 from a replay buffer of random
     Hopper-shaped transitions, two 256-unit layers, CPU."""
-    import gymnasium as gym
     from stable_baselines3 import SAC as SB3SAC
+
+    from grp_workbench.envs import make_env
 
     obs_dim, action_dim, batch, hidden = (HOPPER_SHAPES[k] for k in ("obs_dim", "action_dim", "batch_size", "hidden"))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-    action_space = gym.spaces.Box(-1.0, 1.0, (action_dim,), np.float32)
-
-    class ShapeOnlyEnv(gym.Env):  # SB3 reads only the spaces
-        def __init__(self):
-            self.observation_space, self.action_space = observation_space, action_space
-
-    sb3 = SB3SAC("MlpPolicy", ShapeOnlyEnv(), batch_size=batch, learning_starts=0, buffer_size=buffer, device="cpu",
+    env = make_env("Hopper-v5")  # SB3 reads its spaces (11-d states, 3-d actions) and resets it once
+    sb3 = SB3SAC("MlpPolicy", env, batch_size=batch, learning_starts=0, buffer_size=buffer, device="cpu",
                  policy_kwargs={"net_arch": [hidden, hidden]}, seed=seed, verbose=0)
     for _ in range(buffer):
         obs = rng.standard_normal((1, obs_dim)).astype(np.float32)
