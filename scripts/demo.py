@@ -30,6 +30,7 @@ from grp_workbench.harness.report import write_report
 from grp_workbench.harness.runs import RunDir
 from grp_workbench.harness.trainer import config_changes, train, train_cell
 from grp_workbench.recsys.train import SPECS as RECSYS
+from grp_workbench.rl.mbrl.mbpo import SPEC as MBPO
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
 from grp_workbench.rl.offline.td3bc import SPEC as TD3BC
 from grp_workbench.rl.ued.level_vae import SPEC as LEVEL_VAE
@@ -56,6 +57,12 @@ DEMO_METHODS = [
     # offline RL: the TD3+BC baseline and A2PR on the same data
     (TD3BC, OFFLINE),
     (A2PR, OFFLINE),
+    # model-based RL: one dynamics model with the spectral-normalized, noise-smoothed critic on PointReach
+    # (MuJoCo's Hopper takes hours of CPU: benchmarks/mbrl)
+    (MBPO, {"env": "workbench/PointReach-v0", "variant": "single-sn-adv", "total_steps": 600, "model_train_freq": 50,
+            "rollout_batch_size": 1000, "updates_per_step": 5, "model_max_epochs": 0, "model_batch_size": 32,
+            "hidden": 64, "model_hidden": 32, "batch_size": 64, "initial_alpha": 0.05, "lr": 1e-3,
+            "eval_every": 200, "eval_episodes": 5, "checkpoint_every": 200, "log_every": 50}),
     # the gradient-inversion attacker's DCGAN prior (images no Flower client holds), shortened
     (PRIOR, {"total_steps": 400, "eval_every": 200, "checkpoint_every": 200}),
     # DRED: the level VAE on the shipped training levels, then a short student run on CaveEscape
@@ -72,7 +79,8 @@ DEMO_METHODS = [
     (SFD, {"forget": 0, "override": "1", "total_steps": 100, "eval_every": 50, "checkpoint_every": 50,
            "log_every": 10, "eval_per_class": 20}),
 ]
-REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "coverage_mse",
+REPORT_METRICS = ["accuracy", "recall@20", "ndcg@20", "t_hr@50", "normalized_score", "return", "lipschitz_max",
+                  "coverage_mse",
                   "train/cell_accuracy", "in_dist/solved_rate", "pul", "fid", "cond_accuracy", "forget_rate",
                   "retained_acc"]
 
