@@ -349,6 +349,8 @@ def test_a_real_suite_runs_end_to_end_at_its_tiny_budget(suite_name, options, re
     assert "Claims of the paper and the direction measured here" in readme
     if suite_name == "diffusion_unlearning":  # the shared teacher is pinned beside the results
         assert RunDir(Path(ref_options.out) / "pinned" / "teacher").is_finished()
+    if suite_name == "mbrl":  # the figures the issue asks for
+        assert "learning_curves.png" in readme and "lipschitz_vs_return.png" in readme
     if suite_name == "level_generation":  # DRED's buffer statistics, drawn from its run's logs
         assert (Path(ref_options.out) / "buffer.png").is_file() and "buffer.png" in readme
 

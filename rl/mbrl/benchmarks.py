@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, paper_table
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_path, figure_link, paper_table
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.runs import RunDir
@@ -148,6 +148,48 @@ def _claim_sac_speed(records: list[dict[str, Any]]) -> str:
             f"three batched seeds {batched:.2f}x per seed, {'met' if ratio >= 2 else 'not met'}.")
 
 
+def _figures(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    """Learning curves (mean return over a run's seeds at every evaluation, one panel per task) and the
+    critic's Lipschitz estimate against return (one point per seed, last evaluation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from grp_workbench.harness.report import _save_figure
+
+    out = MBRL.out_dir(options)
+    runs = [(c, RunDir(cell_path(MBRL, options, c))) for c in cells if c.spec is not None]
+    runs = [(c, run) for c, run in runs if run.exists() and run.read_metrics("eval")]
+    parts = []
+    tasks = list(dict.fromkeys(c.task for c, _ in runs))
+    if tasks:
+        fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for cell, run in ((c, r) for c, r in runs if c.task == task):
+                rows = [row for row in run.read_metrics("eval") if "return" in row]
+                ax.plot([row["step"] for row in rows], [row["return"] for row in rows], marker=".",
+                        label=f"{cell.method} (mean of {len(cell.members) or 1} seeds)")
+            ax.set(title=task, xlabel="environment steps", ylabel="return (deterministic, 10 episodes)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        parts.append(figure_link(_save_figure(fig, out / "learning_curves.png"), "learning curves", out))
+    points = [r for r in records if r["task"] != SPEED_TASK and "lipschitz" in r["metrics"]]
+    if points:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for variant in mbpo.VARIANTS:
+            mine = [r for r in points if r["method"] == variant]
+            if mine:
+                ax.scatter([r["metrics"]["lipschitz"] for r in mine], [r["metrics"]["return"] for r in mine],
+                           label=variant, s=18)
+        ax.set(xscale="log", xlabel="critic Lipschitz estimate (max ||grad_s Q|| on model states)",
+               ylabel="final return", title="one point per seed and task")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        parts.append(figure_link(_save_figure(fig, out / "lipschitz_vs_return.png"), "Lipschitz vs return", out))
+    return "\n".join(p for p in parts if p)
+
+
 def _notes(options: BenchOptions) -> str:
     mbpo_g = "MBPO's"
     budgets = "; ".join(f"{env}: {b['steps']} environment steps, G = {b['updates_per_step'] or mbpo_g}, evaluation "
@@ -160,5 +202,5 @@ MBRL = Suite(
     name="mbrl",
     title="Is Model Ensemble Necessary? MBPO's ensemble against one model with a Lipschitz-regularized critic",
     grid=_cells, record=_record, headline="return", notes=_notes, tables=_table,
-    claims=(_claim_return, _claim_cost, _claim_sac_speed), budgets=("cpu", "paper", "tiny"),
+    claims=(_claim_return, _claim_cost, _claim_sac_speed), budgets=("cpu", "paper", "tiny"), extra_markdown=_figures,
 )
