@@ -9,7 +9,8 @@ import torch
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.trainer import train
 from grp_workbench.rl import RLError
-from grp_workbench.rl.common.sac import SAC, SACConfig, TwinQ
+from grp_workbench.rl.common.networks import TwinQ
+from grp_workbench.rl.common.sac import SAC, SACConfig
 from grp_workbench.rl.mbrl import mbpo
 from grp_workbench.rl.mbrl.dynamics import DynamicsConfig, GaussianDynamics
 from grp_workbench.rl.mbrl.lipschitz import (

@@ -8,6 +8,7 @@ with small layers, because the per-call overhead, not the arithmetic, dominates 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -63,3 +64,21 @@ def frozen_forward(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging target ← (1 − τ)·target + τ·source."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+class TwinQ(nn.Module):
+    """Two Q-networks per member as one (2·members)-wide batched MLP; ``critic_factory`` may build the
+    MLP another way (with spectral-normalized layers, rl/mbrl/)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int, n_hidden: int, n_members: int,
+                 mlp: Callable[..., nn.Sequential] = vectorized_mlp):
+        super().__init__()
+        self.n_members = n_members
+        self.net = mlp(obs_dim + action_dim, 1, hidden, n_hidden, 2 * n_members)
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """(members, B, ·) -> (2, members, B, 1). ``frozen``: gradients reach the inputs, not the weights."""
+        inputs = torch.cat([states, actions], -1)
+        inputs = torch.cat([inputs, inputs])
+        q = frozen_forward(self.net, inputs) if frozen else self.net(inputs)
+        return q.view(2, self.n_members, *inputs.shape[1:-1], 1)

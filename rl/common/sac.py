@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from grp_workbench.rl.common.networks import frozen_forward, soft_update, vectorized_mlp
+from grp_workbench.rl.common.networks import TwinQ, soft_update, vectorized_mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0  # softlearning's GaussianPolicy and SB3's SAC actor
 
@@ -69,24 +69,6 @@ class SquashedGaussianActor(nn.Module):
         squash = (2 * (math.log(2) - u - nn.functional.softplus(-2 * u))).sum(-1, keepdim=True)
         log_prob = gaussian_log_prob - squash  # of tanh(u) in [-1, 1], where the target entropy is set
         return self.max_action * torch.tanh(u), log_prob
-
-
-class TwinQ(nn.Module):
-    """Two Q-networks per member as one (2·members)-wide batched MLP; ``critic_factory`` may build the
-    MLP another way (with spectral-normalized layers, rl/mbrl/)."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden: int, n_hidden: int, n_members: int,
-                 mlp: Callable[..., nn.Sequential] = vectorized_mlp):
-        super().__init__()
-        self.n_members = n_members
-        self.net = mlp(obs_dim + action_dim, 1, hidden, n_hidden, 2 * n_members)
-
-    def forward(self, states: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        """(members, B, ·) -> (2, members, B, 1). ``frozen``: gradients reach the inputs, not the weights."""
-        inputs = torch.cat([states, actions], -1)
-        inputs = torch.cat([inputs, inputs])
-        q = frozen_forward(self.net, inputs) if frozen else self.net(inputs)
-        return q.view(2, self.n_members, *inputs.shape[1:-1], 1)
 
 
 class SAC:

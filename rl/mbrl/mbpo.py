@@ -285,12 +285,11 @@ class MBPO:
         self.model_pool = TransitionPool(self.n_members, 1, self.obs_dim, self.action_dim, self.device)
         self.env_steps = self.sac_updates = 0
         self.sac_seconds = self.model_seconds = 0.0
-        self.model_metrics: dict[str, float] = {}
+        self.noise_radius: torch.Tensor | None = None  # set at each model fit (the adversarial noise's unit)
         self.observations = np.stack([env.reset(seed=config.seed + k)[0] for k, env in enumerate(self.envs)])
         for k, env in enumerate(self.envs):
             env.action_space.seed(config.seed + k)
         self.episode_return = np.zeros(self.n_members)
-        self.finished_returns: list[list[float]] = [[] for _ in range(self.n_members)]
 
     # -- one environment step (the trainer's unit) ------------------------------------------------
     def update(self) -> dict[str, float]:
@@ -299,7 +298,7 @@ class MBPO:
         metrics: dict[str, float] = {}
         if after_exploration >= 0 and after_exploration % cfg.model_train_freq == 0 and cfg.real_ratio < 1:
             metrics |= self.train_model_and_roll_out(epoch=after_exploration // s.epoch_length)
-        self.step_environments(explore=after_exploration < 0)
+        metrics |= self.step_environments(explore=after_exploration < 0)
         if after_exploration >= 0:
             start = time.perf_counter()
             for _ in range(s.updates_per_step):
@@ -309,7 +308,9 @@ class MBPO:
             self.sac_updates += s.updates_per_step
         return metrics | {"steps": 1}
 
-    def step_environments(self, explore: bool) -> None:
+    def step_environments(self, explore: bool) -> dict[str, float]:
+        """One step of every seed's environment; returns the mean return of the training episodes that
+        ended on it (the trainer averages it over the updates that report it)."""
         if explore:  # uniform actions, drawn from the run's generator so that a resume repeats them
             actions = (torch.rand(self.n_members, self.action_dim, generator=self.generator, device=self.device) * 2
                        - 1) * self.max_action
@@ -317,6 +318,7 @@ class MBPO:
             states = torch.as_tensor(self.observations, dtype=torch.float32, device=self.device)
             actions = self.agent.act(states.unsqueeze(1)).squeeze(1)
         actions_np = actions.cpu().numpy()
+        finished = []
         for k, env in enumerate(self.envs):
             next_obs, reward, terminated, truncated, _ = env.step(actions_np[k])
             self.real.add(k, {name: torch.as_tensor(np.asarray(x, dtype=np.float32), device=self.device).reshape(1, -1)
@@ -324,11 +326,12 @@ class MBPO:
                                                                          next_obs, float(terminated)))})
             self.episode_return[k] += reward
             if terminated or truncated:
-                self.finished_returns[k].append(float(self.episode_return[k]))
+                finished.append(float(self.episode_return[k]))
                 self.episode_return[k] = 0.0
                 next_obs, _ = env.reset()
             self.observations[k] = next_obs
         self.env_steps += 1
+        return {"train_return": float(np.mean(finished))} if finished else {}
 
     # -- the model --------------------------------------------------------------------------------
     def train_model_and_roll_out(self, epoch: int) -> dict[str, float]:
@@ -488,9 +491,9 @@ class MBPO:
                 "model_optimizer": self.model.optimizer.state_dict(), "real": self.real.state_dict(),
                 "model_pool": self.model_pool.state_dict(), "generator": self.generator.get_state(),
                 "env_steps": self.env_steps, "sac_updates": self.sac_updates, "sac_seconds": self.sac_seconds,
-                "model_seconds": self.model_seconds, "noise_radius": getattr(self, "noise_radius", None),
+                "model_seconds": self.model_seconds, "noise_radius": self.noise_radius,
                 "observations": self.observations.copy(), "episode_return": self.episode_return.copy(),
-                "finished_returns": [list(r) for r in self.finished_returns], "envs": self.env_state()}
+                "envs": self.env_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -501,10 +504,8 @@ class MBPO:
         self.generator.set_state(state["generator"])
         self.env_steps, self.sac_updates = state["env_steps"], state["sac_updates"]
         self.sac_seconds, self.model_seconds = state["sac_seconds"], state["model_seconds"]
-        if state["noise_radius"] is not None:
-            self.noise_radius = state["noise_radius"]
+        self.noise_radius = state["noise_radius"]
         self.observations, self.episode_return = state["observations"].copy(), state["episode_return"].copy()
-        self.finished_returns = [list(r) for r in state["finished_returns"]]
         self.load_env_state(state["envs"])
 
 

@@ -22,22 +22,12 @@ from torch import nn
 
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
-from grp_workbench.rl.common.networks import VectorizedLinear, soft_update, vectorized_mlp
+from grp_workbench.rl.common.networks import TwinQ, VectorizedLinear, soft_update, vectorized_mlp
 from grp_workbench.rl.offline.common import OfflineAlgorithm, OfflineConfig, offline_inputs, task_name
 
 
-class TwinCritic(nn.Module):
-    """Two Q-networks per member, evaluated as one 2·members-wide batched MLP."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden: int, n_hidden: int, n_members: int):
-        super().__init__()
-        self.n_members = n_members
-        self.net = vectorized_mlp(obs_dim + action_dim, 1, hidden, n_hidden, 2 * n_members)
-
-    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """(members, B, ·) -> (2, members, B, 1): both heads."""
-        inputs = torch.cat([states, actions], -1)
-        return self.net(torch.cat([inputs, inputs])).view(2, self.n_members, *inputs.shape[1:-1], 1)
+class TwinCritic(TwinQ):
+    """SAC's twin critic (rl/common/networks.py) with a first-head-only evaluation for the actor step."""
 
     def q1(self, states: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """The first head only (half the work of both). ``frozen``: gradients reach the inputs but not
