@@ -53,6 +53,7 @@ from grp_workbench.harness.config import TrainConfig
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.harness.trainer import MethodSpec
 from grp_workbench.rl import RLError
+from grp_workbench.rl.common.evaluation import batched_episode_returns
 from grp_workbench.rl.common.sac import SAC, SACConfig
 from grp_workbench.rl.mbrl.dynamics import DynamicsConfig, GaussianDynamics
 from grp_workbench.rl.mbrl.lipschitz import (
@@ -408,20 +409,14 @@ class MBPO:
     def episode_returns(self) -> np.ndarray:
         """(members, episodes) returns of the deterministic policy; member k's episodes start where a
         lone run of seed + k would start them."""
-        cfg, members = self.config, self.n_members
-        n_envs = members * cfg.eval_episodes
-        envs = gym.vector.SyncVectorEnv([lambda: make_env(cfg.env) for _ in range(n_envs)])
-        seeds = [cfg.seed + k + cfg.eval_seed_offset + i for k in range(members) for i in range(cfg.eval_episodes)]
-        observations, _ = envs.reset(seed=seeds)
-        returns, running = np.zeros(n_envs), np.ones(n_envs, dtype=bool)
-        while running.any():
+        cfg = self.config
+
+        def policy(observations: np.ndarray) -> torch.Tensor:
             states = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
-            actions = self.agent.act(states.view(members, cfg.eval_episodes, -1), deterministic=True)
-            observations, rewards, terminated, truncated, _ = envs.step(actions.reshape(n_envs, -1).cpu().numpy())
-            returns += rewards * running
-            running &= ~(terminated | truncated)
-        envs.close()
-        return returns.reshape(members, cfg.eval_episodes)
+            return self.agent.act(states, deterministic=True)
+
+        return batched_episode_returns(cfg.env, policy, seed=cfg.seed, members=self.n_members,
+                                       episodes=cfg.eval_episodes, offset=cfg.eval_seed_offset)
 
     def diagnostics(self, n_states: int = 1024) -> dict[str, np.ndarray]:
         """Per member: the critic's empirical Lipschitz constant on model states and the value-aware

@@ -20,6 +20,7 @@ from grp_workbench.envs import make_env
 from grp_workbench.harness.config import TrainConfig
 from grp_workbench.harness.device import DevicePolicy
 from grp_workbench.rl import RLError
+from grp_workbench.rl.common.evaluation import batched_episode_returns, member_evaluation_seeds
 from grp_workbench.rl.offline.datasets import TransitionDataset, d4rl_task_name, dataset_inputs, load_dataset
 
 
@@ -110,27 +111,18 @@ class OfflineAlgorithm:
         its episodes start where a lone run of that seed would start them (the official code's
         ``seed + 100 + i``), not on the first member's start states."""
         cfg = self.config
-        return [cfg.seed + k + cfg.eval_seed_offset + i
-                for k in range(self.n_members) for i in range(cfg.eval_episodes)]
+        return member_evaluation_seeds(cfg.seed, self.n_members, cfg.eval_episodes, cfg.eval_seed_offset)
 
-    @torch.no_grad()
     def episode_returns(self) -> np.ndarray:
         """(members, episodes) undiscounted returns of the deterministic policy, all members stepped together."""
-        cfg, members = self.config, self.n_members
-        n_envs = members * cfg.eval_episodes
-        vector_env = gym.vector.SyncVectorEnv([lambda: make_env(self.env_id) for _ in range(n_envs)])
-        observations, _ = vector_env.reset(seed=self.evaluation_seeds())
-        returns = np.zeros(n_envs)
-        running = np.ones(n_envs, dtype=bool)
-        mean, std = self.state_mean, self.state_std
-        while running.any():
-            states = torch.as_tensor((observations - mean) / std, dtype=torch.float32, device=self.device)
-            actions = self.act(states.view(members, cfg.eval_episodes, -1)).reshape(n_envs, -1).cpu().numpy()
-            observations, rewards, terminated, truncated, _ = vector_env.step(actions)
-            returns += rewards * running
-            running &= ~(terminated | truncated)
-        vector_env.close()
-        return returns.reshape(members, cfg.eval_episodes)
+        cfg = self.config
+
+        def policy(observations: np.ndarray) -> torch.Tensor:
+            normalized = (observations - self.state_mean) / self.state_std
+            return self.act(torch.as_tensor(normalized, dtype=torch.float32, device=self.device))
+
+        return batched_episode_returns(self.env_id, policy, seed=cfg.seed, members=self.n_members,
+                                       episodes=cfg.eval_episodes, offset=cfg.eval_seed_offset)
 
     def evaluate(self) -> dict[str, float]:
         returns = self.episode_returns().mean(1)
