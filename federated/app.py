@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import FedAvg
 from grp_workbench.federated import FederatedError
 from grp_workbench.federated.data import ImageDataset, load_digits_as_mnist, load_image_folder, load_mnist
 from grp_workbench.federated.defenses import defend, local_dp, local_dp_std, soteria
-from grp_workbench.federated.models import SmallCNN
+from grp_workbench.federated.models import VICTIM_MODELS
 from grp_workbench.federated.partition import assign_roles, client_batch, dirichlet_partition, iid_partition
 from grp_workbench.harness.config import apply_overrides
 from grp_workbench.harness.runs import atomic_torch_save, atomic_write_json
@@ -83,6 +83,7 @@ class FLSettings:
     # to 28x28: out of distribution for an MNIST prior), or a folder with one subfolder per label
     # (0/, 1/, ...) of images (read as 28x28 grayscale); the server's test set stays MNIST
     client_data: str = "mnist"
+    model: str = "smallcnn"  # the task model (federated/models.py VICTIM_MODELS): smallcnn | resnet
     seed: int = 0
 
     @classmethod
@@ -99,6 +100,8 @@ class FLSettings:
         if settings.client_data not in ("mnist", "digits") and not Path(settings.client_data).is_dir():
             raise FederatedError(f"client_data={settings.client_data!r} must be mnist, digits or a folder of "
                                  "label subfolders (0/, 1/, ...) of images.")
+        if settings.model not in VICTIM_MODELS:
+            raise FederatedError(f"model={settings.model!r} is not one of {', '.join(VICTIM_MODELS)}.")
         if settings.defense == "dp":
             local_dp_std(settings.clip_norm, settings.dp_epsilon, settings.dp_delta)  # bad values: one line now
         if settings.defense == "soteria" and settings.mode != "fedsgd":
@@ -134,11 +137,14 @@ def _id_list(key: str, value: str, expected: str) -> set[int]:
     return {int(item) for item in items}
 
 
-def make_model(seed: int) -> SmallCNN:
-    """The shared model: the foundation's CNN without dropout, so a client's gradient is a function
-    of its data alone (what gradient inversion assumes; GIFD runs its model in eval mode too)."""
+def make_model(seed: int, name: str = "smallcnn") -> torch.nn.Module:
+    """The shared model (``VICTIM_MODELS``): the foundation's CNN, or the small ResNet, without dropout,
+    so a client's gradient is a function of its data alone (what gradient inversion assumes; GIFD
+    runs its model in eval mode too)."""
+    if name not in VICTIM_MODELS:
+        raise FederatedError(f"model={name!r} is not one of {', '.join(VICTIM_MODELS)}.")
     torch.manual_seed(seed)
-    return SmallCNN(dropout=0.0)
+    return VICTIM_MODELS[name]()
 
 
 @functools.lru_cache(maxsize=4)
@@ -147,7 +153,6 @@ def mnist_with_roles(data_dir: str, seed: int) -> tuple[ImageDataset, dict[str, 
     return data, assign_roles(data.labels, seed)
 
 
-@functools.lru_cache(maxsize=8)
 @functools.lru_cache(maxsize=4)
 def client_pool(client_data: str, data_dir: str, seed: int) -> tuple[ImageDataset, np.ndarray]:
     """The images clients hold and the indices of that array they are dealt from."""
@@ -197,7 +202,7 @@ def local_update(settings: FLSettings, context: Context, global_state: dict[str,
     data, _ = client_pool(settings.client_data, settings.data_dir, settings.seed)
     mine = client_partitions(settings.data_dir, settings.seed, n_partitions, settings.partition,
                              settings.dirichlet_alpha, settings.client_data)[partition_id]
-    model = make_model(settings.seed)
+    model = make_model(settings.seed, settings.model)
     model.load_state_dict(global_state)
     model.eval()  # no dropout or batch-norm in this model; eval keeps it that way for any model
     # The defense's noise comes from the operating system's entropy: seeded from anything the server
@@ -306,7 +311,7 @@ def server_main(grid: Grid, context: Context) -> None:
     output = Path(settings.output_dir)
     data, roles = mnist_with_roles(settings.data_dir, settings.seed)
     test_images, test_labels = data.images[roles["server_test"]], data.labels[roles["server_test"]]
-    model = make_model(settings.seed)
+    model = make_model(settings.seed, settings.model)
     strategy = CuriousFedAvg(settings, output / "captures", fraction_train=settings.fraction_train,
                              fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
     history: list[dict[str, float]] = []
@@ -378,16 +383,21 @@ def read_capture(path: str | Path) -> dict[str, Any]:
         raise FederatedError(f"{path} is not a capture of this app (missing {', '.join(missing)}); capture the "
                              "update again with `workbench federated simulate`.")
     with torch.device("meta"):  # shapes only: no memory, no draw from the global generator
-        expected = {key: tuple(value.shape) for key, value in SmallCNN(dropout=0.0).state_dict().items()}
+        model_name = record["settings"].get("model", "smallcnn") if isinstance(record.get("settings"), dict) \
+            else "smallcnn"
+        if model_name not in VICTIM_MODELS:
+            raise FederatedError(f"capture {path} names model {model_name!r}, which this app does not have "
+                                 f"({', '.join(VICTIM_MODELS)}).")
+        expected = {key: tuple(value.shape) for key, value in VICTIM_MODELS[model_name]().state_dict().items()}
     for name in ("global_weights", "client_weights"):
         found = {key: tuple(value.shape) for key, value in record[name].items()}
         if found != expected:
             differ = sorted(set(found) ^ set(expected)) or [k for k in expected if found[k] != expected[k]]
             first = differ[0]
-            raise FederatedError(f"capture {path} was made on another model: its {name} differ from this app's CNN "
-                                 f"at {len(differ)} tensor(s), first {first} ({found.get(first, 'absent')} vs "
-                                 f"{expected.get(first, 'absent')}). Attack it with the code that captured it, or "
-                                 "capture again.")
+            raise FederatedError(f"capture {path} was made on another model: its {name} differ from this app's "
+                                 f"{model_name} at {len(differ)} tensor(s), first {first} "
+                                 f"({found.get(first, 'absent')} vs {expected.get(first, 'absent')}). "
+                                 "Attack it with the code that captured it, or capture again.")
     if record["mode"] == "fedsgd":
         record["gradient"] = [(record["global_weights"][k] - record["client_weights"][k]) / record["local_lr"]
                               for k in record["client_weights"]]

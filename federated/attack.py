@@ -81,7 +81,7 @@ def capture_ground_truth(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
 
 
 def victim_model(record: dict[str, Any]) -> torch.nn.Module:
-    model = make_model(record["settings"]["seed"])
+    model = make_model(record["settings"]["seed"], record["settings"].get("model", "smallcnn"))
     model.load_state_dict(record["global_weights"])
     return model.eval()
 

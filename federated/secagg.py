@@ -48,7 +48,7 @@ secagg_client_app = ClientApp(mods=[secaggplus_mod])
 def secagg_client_train(msg: Message, context: Context) -> Message:
     settings = FLSettings.from_run_config(dict(context.run_config))
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    names = list(make_model(settings.seed).state_dict())
+    names = list(make_model(settings.seed, settings.model).state_dict())
     global_state = {name: torch.from_numpy(array.copy())
                     for name, array in zip(names, parameters_to_ndarrays(fitins.parameters), strict=True)}
     state, n_examples, steps = local_update(settings, context, global_state, int(fitins.config["server-round"]))
@@ -111,7 +111,7 @@ def secagg_server_main(grid: Grid, context: Context) -> None:
     output = Path(settings.output_dir)
     data, roles = mnist_with_roles(settings.data_dir, settings.seed)
     test_images, test_labels = data.images[roles["server_test"]], data.labels[roles["server_test"]]
-    model = make_model(settings.seed)
+    model = make_model(settings.seed, settings.model)
     names = list(model.state_dict())
     history: list[dict[str, float]] = []
 

@@ -111,12 +111,13 @@ def test_the_server_cannot_regenerate_the_client_noise():
     assert not torch.equal(replies[0]["features.0.weight"], replies[1]["features.0.weight"])  # fresh noise
 
 
-def _capture_one_update(tmp_path, batch_size, local_lr):
+def _capture_one_update(tmp_path, batch_size, local_lr, model_name="smallcnn"):
     """Client 3's round-1 FedSGD update, aggregated by the curious server, which records it."""
-    model = make_model(0)
+    model = make_model(0, model_name)
     reply = client_app(_train_message(model), _context(batch_size=batch_size, local_lr=local_lr, capture_rounds="1",
-                                                       output_dir=str(tmp_path)))
-    settings = FLSettings(local_lr=local_lr, batch_size=batch_size, capture_rounds="1", output_dir=str(tmp_path))
+                                                       output_dir=str(tmp_path), model=model_name))
+    settings = FLSettings(local_lr=local_lr, batch_size=batch_size, capture_rounds="1", output_dir=str(tmp_path),
+                          model=model_name)
     strategy = CuriousFedAvg(settings, tmp_path, min_train_nodes=1, min_available_nodes=1)
     strategy.sent[1] = model.state_dict()
     arrays, _ = strategy.aggregate_train(1, [reply])
@@ -176,6 +177,27 @@ def test_attack_runs_on_a_capture_and_scores_against_the_recomputed_batch(tmp_pa
     assert result["metrics"]["label_accuracy"] == 1.0 and result["metrics"]["psnr"] > 15
     with pytest.raises(FederatedError, match="train-prior"):
         run_attack("gifd", strategy.captured[0], preset="tiny")
+
+
+def test_the_resnet_victim_is_captured_and_attacked_like_the_cnn(tmp_path):
+    """model=resnet: 32x32 inputs (MNIST zero-padded), the capture names its model, the attacker
+    rebuilds it, and a capture checked against the other model is refused in one line."""
+    from grp_workbench.federated.attack import run_attack
+    from grp_workbench.federated.models import SmallResNet
+
+    model, strategy, _ = _capture_one_update(tmp_path, batch_size=1, local_lr=0.1, model_name="resnet")
+    assert isinstance(model, SmallResNet) and model.features[0].padding == (2, 2, 2, 2)
+    record = read_capture(strategy.captured[0])
+    assert record["settings"]["model"] == "resnet" and len(record["gradient"]) == len(list(model.parameters()))
+    result = run_attack("ig", strategy.captured[0], preset="tiny", overrides={"iterations": "20"})
+    assert result["images"].shape == (1, 1, 28, 28) and np.isfinite(result["metrics"]["psnr"])
+    foreign = torch.load(strategy.captured[0], weights_only=True)
+    foreign["settings"]["model"] = "smallcnn"
+    torch.save(foreign, tmp_path / "foreign.pt")
+    with pytest.raises(FederatedError, match="made on another model"):
+        read_capture(tmp_path / "foreign.pt")
+    with pytest.raises(FederatedError, match="model='vgg'"):
+        FLSettings.from_run_config({"model": "vgg"})
 
 
 # ---- captures ------------------------------------------------------------------------------------
