@@ -55,6 +55,10 @@ class FLSettings:
     fraction_train: float = 1.0  # share of clients sampled per round
     mode: str = "fedsgd"  # fedsgd: one gradient on one batch; fedavg: local epochs of SGD
     local_epochs: int = 1  # fedavg only
+    # each client holds only the first N images of its partition (0: all of it). With N = batch_size a
+    # FedAvg client takes local_epochs full-batch steps on one batch: the setting in which an attacker
+    # who simulates the local steps (GIFD's FedAvgReconstructor) knows every step's batch
+    client_examples: int = 0
     local_lr: float = 0.1
     batch_size: int = 8
     partition: str = "iid"  # iid | dirichlet
@@ -100,6 +104,9 @@ class FLSettings:
         if settings.client_data not in ("mnist", "digits") and not Path(settings.client_data).is_dir():
             raise FederatedError(f"client_data={settings.client_data!r} must be mnist, digits or a folder of "
                                  "label subfolders (0/, 1/, ...) of images.")
+        if settings.client_examples < 0:
+            raise FederatedError(f"client_examples={settings.client_examples} must be 0 (every image of the "
+                                 "partition) or a positive number of images per client.")
         if settings.model not in VICTIM_MODELS:
             raise FederatedError(f"model={settings.model!r} is not one of {', '.join(VICTIM_MODELS)}.")
         if settings.defense == "dp":
@@ -202,6 +209,8 @@ def local_update(settings: FLSettings, context: Context, global_state: dict[str,
     data, _ = client_pool(settings.client_data, settings.data_dir, settings.seed)
     mine = client_partitions(settings.data_dir, settings.seed, n_partitions, settings.partition,
                              settings.dirichlet_alpha, settings.client_data)[partition_id]
+    if settings.client_examples:
+        mine = mine[:settings.client_examples]
     model = make_model(settings.seed, settings.model)
     model.load_state_dict(global_state)
     model.eval()  # no dropout or batch-norm in this model; eval keeps it that way for any model

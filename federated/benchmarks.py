@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
+import itertools
+import re
 from pathlib import Path
 from typing import Any
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, paper_table
+from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text, paper_table
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.evaluation import summarize
 from grp_workbench.harness.runs import RunDir
@@ -78,63 +79,130 @@ MNIST_CLASSIFIER = Suite(
 
 # ---- gradient_inversion: IG, GGL and GIFD (and DLG, iDLG) against captured Flower updates ------------
 # A cell is one attack on one captured client update (the record's seed is the target batch index).
-# The cpu grid is one factor at a time around batch size 1, untrained model, no defense, in-distribution
-# prior (the full cross is about 10 CPU hours; it is the paper budget):
-#   (a) bs 1, untrained: no defense, noise, clip, prune x DLG, iDLG, IG, GGL, GIFD; the OOD prior under
-#       no defense and noise;
-#   (b) bs 4 and 8, untrained, undefended: IG, GGL, GIFD;
-#   (c) the partly trained model (20 FedSGD rounds), bs 1, undefended: IG, GGL, GIFD with both priors
-#       (48 clients, so that at least 16 hold a 5-9 for the OOD prior: 24 do).
+# Tasks: <model>-bs<B>-<untrained|trained>-<indist|ood>-<defense>[-fedavg<L>][-stage<k>] (issue 19).
+# The cpu grid is one factor at a time around the small CNN at batch size 1, untrained, undefended,
+# in-distribution prior, plus the headline setting that separates the attacks (the deeper ResNet,
+# batch 4, partly trained); the full cross is the paper budget.
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """One block of the grid: the cross of its factors. GGL and GIFD run with the in-distribution
+    prior everywhere and with the OOD prior (digits 0-4 against clients holding 5-9) at batch size 1
+    under ``ood_defenses``."""
+
+    attacks: tuple[str, ...]
+    model: str = "smallcnn"
+    states: tuple[str, ...] = ("untrained",)
+    batch_sizes: tuple[int, ...] = (1,)
+    defenses: tuple[str, ...] = ("none",)  # none noise clip prune soteria dp-eps<E> secagg<k>
+    ood_defenses: tuple[str, ...] = ()
+    clients: int = 40
+    local_steps: int = 0  # 0: FedSGD; L: FedAvg, a client of B images taking L full-batch local steps
+    stages: tuple[int, ...] = ()  # GIFD per-stage ablation: cells searching stages 0..k only
+    targets: int = 16  # target updates per (attack, setting)
+
+
+ALL_ATTACKS = ("dlg", "idlg", "ig", "ggl", "gifd")
 GI_DESIGNS = {
-    "cpu": [  # (states, batch sizes, defenses, attacks, defenses with an OOD cell, clients)
-        (("untrained",), (1,), ("none", "noise", "clip", "prune"), ("dlg", "idlg", "ig", "ggl", "gifd"),
-         ("none", "noise"), 40),
-        (("untrained",), (4, 8), ("none",), ("ig", "ggl", "gifd"), (), 40),
-        (("trained",), (1,), ("none",), ("ig", "ggl", "gifd"), ("none",), 48),
+    "cpu": [
+        # (a) bs 1, untrained: every defense x every attack; the OOD prior under none and noise
+        Design(ALL_ATTACKS, defenses=("none", "noise", "clip", "prune", "soteria", "dp-eps8", "secagg4"),
+               ood_defenses=("none", "noise")),
+        # (b) batch size, untrained, undefended
+        Design(("ig", "ggl", "gifd"), batch_sizes=(4, 8)),
+        # (c) the partly trained model (20 FedSGD rounds; 48 clients, so that 24 hold a 5-9 for the OOD prior)
+        Design(("ig", "ggl", "gifd"), states=("trained",), ood_defenses=("none",), clients=48),
+        # (d) GIFD's feature domains one by one (the generator has 4 blocks: stages 0-3; stage 3 is (a))
+        Design(("gifd",), ood_defenses=("none",), stages=(0, 1, 2)),
+        # (e) FedAvg: 5 local steps on the client's batch, inverted through the simulated steps (IG only)
+        Design(("ig",), batch_sizes=(1, 4), local_steps=5, targets=8),
+        # (f) the headline: the ResNet, batch 4, partly trained
+        Design(ALL_ATTACKS, model="resnet", states=("trained",), batch_sizes=(4,), clients=48, targets=8),
     ],
-    "paper": [(("untrained", "trained"), (1, 4, 8), ("none", "noise", "clip", "prune"),
-               ("dlg", "idlg", "ig", "ggl", "gifd"), ("none", "noise", "clip", "prune"), 48)],
-    "tiny": [(("untrained",), (1,), ("none", "noise"), ("ig", "gifd"), (), 4)],  # seconds: a smoke test
+    "paper": [Design(ALL_ATTACKS, model=model, states=("untrained", "trained"), batch_sizes=(1, 4, 8),
+                     defenses=("none", "noise", "clip", "prune", "soteria", "dp-eps8", "secagg4"),
+                     ood_defenses=("none", "noise", "clip", "prune"), clients=48)
+              for model in ("smallcnn", "resnet")],
+    "tiny": [  # seconds: a smoke test of every kind of cell
+        Design(("ig", "gifd"), defenses=("none", "dp-eps8", "secagg2"), clients=4, targets=2),
+        Design(("gifd",), stages=(0,), clients=4, targets=2),
+        Design(("ig",), local_steps=2, clients=4, targets=2),
+        Design(("ig",), model="resnet", clients=4, targets=2),
+    ],
 }
 GI_PRESET = {"cpu": "quick", "paper": "paper", "tiny": "tiny"}
-GI_BATCHES = {"cpu": 16, "paper": 16, "tiny": 2}  # target batches per (attack, setting)
-# results names (issue 19): <model>-bs<B>-<untrained|trained>-<indist|ood>-<defense>; the victim is
-# the small CNN (a ResNet row is still to come)
-GI_MODEL = "smallcnn"
+GI_HEADLINE = "resnet-bs4-trained-indist-none"
 GI_CLIP_NORM = 4.0  # GIFD's bound; every bs-1 update of the untrained model is below it (2.4-3.2)
+TRAINED_ROUNDS = 20
+
+
+def gi_task(model: str, batch_size: int, state: str, prior: str | None, defense: str, local_steps: int = 0,
+            stage: int | None = None) -> str:
+    return (f"{model}-bs{batch_size}-{state}-{'ood' if prior == 'ood' else 'indist'}-{defense}"
+            + (f"-fedavg{local_steps}" if local_steps else "") + (f"-stage{stage}" if stage is not None else ""))
 
 
 def _gi_cells(options: BenchOptions) -> list[Cell]:
     from grp_workbench.federated.attack import attack_config
 
     cells = []
-    for states, batch_sizes, defenses, attacks, ood_defenses, clients in GI_DESIGNS[options.budget]:
-        for state in states:
-            for batch_size in batch_sizes:
-                for defense in defenses:
-                    for attack in attacks:
-                        for prior in (("in", "ood") if attack in ("ggl", "gifd") else (None,)):
-                            if prior == "ood" and (batch_size != 1 or defense not in ood_defenses):
-                                continue
-                            task = (f"{GI_MODEL}-bs{batch_size}-{state}-{'ood' if prior == 'ood' else 'indist'}-"
-                                    f"{defense}")
-                            for index in options.seeds or range(GI_BATCHES[options.budget]):
-                                # the resolved settings, so a changed default (DLG's inner L-BFGS
-                                # iterations, issue 19) makes the cell due again instead of "done"
-                                settings = dataclasses.asdict(attack_config(attack, GI_PRESET[options.budget]))
-                                params = {"state": state, "batch_size": batch_size, "defense": defense,
-                                          "clients": clients, "clip_norm": GI_CLIP_NORM, "attack": attack,
-                                          "prior": prior, "preset": GI_PRESET[options.budget], "index": index,
-                                          "attack_config": settings}
-                                cells.append(Cell(attack, task, index, None, params,
-                                                  f"{task}/{attack}/batch{index:02d}", measure=_measure_inversion))
+    for design in GI_DESIGNS[options.budget]:
+        for state, batch_size, defense, attack in itertools.product(design.states, design.batch_sizes,
+                                                                      design.defenses, design.attacks):
+            for prior in (("in", "ood") if attack in ("ggl", "gifd") else (None,)):
+                if prior == "ood" and (batch_size != 1 or defense not in design.ood_defenses):
+                    continue
+                for stage in design.stages or (None,):
+                    task = gi_task(design.model, batch_size, state, prior, defense, design.local_steps, stage)
+                    overrides = {"last_stage": stage} if stage is not None else {}
+                    # the resolved settings, so a changed default (DLG's inner L-BFGS iterations,
+                    # issue 19) makes the cell due again instead of "done"
+                    settings = dataclasses.asdict(attack_config(attack, GI_PRESET[options.budget], overrides))
+                    for index in options.seeds or range(design.targets):
+                        params = {"model": design.model, "state": state, "batch_size": batch_size,
+                                  "defense": defense, "clients": design.clients, "clip_norm": GI_CLIP_NORM,
+                                  "local_steps": design.local_steps, "attack": attack, "prior": prior,
+                                  "preset": GI_PRESET[options.budget], "index": index, "overrides": overrides,
+                                  "attack_config": settings}
+                        cells.append(Cell(attack, task, index, None, params, f"{task}/{attack}/batch{index:02d}",
+                                          measure=_measure_inversion))
     return cells
+
+
+def _secagg_clients(defense: str) -> int:
+    return int(defense.removeprefix("secagg")) if defense.startswith("secagg") else 0
+
+
+def _simulation_settings(params: dict[str, Any], folder: Path, targets: int) -> tuple[Any, int]:
+    """The Flower simulation whose captures a cell attacks, and its number of clients."""
+    from grp_workbench.federated.app import FLSettings
+
+    defense, k = params["defense"], _secagg_clients(params["defense"])
+    rounds = TRAINED_ROUNDS if params["state"] == "trained" else 1
+    settings = {"num_server_rounds": rounds, "fraction_train": 1.0, "mode": "fedsgd", "model": params["model"],
+                "batch_size": params["batch_size"], "defense": defense, "capture_rounds": str(rounds),
+                "capture_clients": "all", "clip_norm": params["clip_norm"], "output_dir": str(folder)}
+    if defense.startswith("dp-eps"):
+        settings |= {"defense": "dp", "dp_epsilon": float(defense.removeprefix("dp-eps"))}
+    if k:  # one aggregate of k clients per round: a round per target (the model takes a step per round)
+        if params["state"] == "trained":
+            raise ValueError("secagg cells are designed on the untrained model only")
+        settings |= {"defense": "none", "secagg": True, "num_server_rounds": targets,
+                     "capture_rounds": ",".join(str(r) for r in range(1, targets + 1)),
+                     "fraction_train": k / params["clients"]}
+    if params["local_steps"]:
+        settings |= {"mode": "fedavg", "local_epochs": params["local_steps"],
+                     "client_examples": params["batch_size"]}
+    return FLSettings(**settings), params["clients"]
 
 
 def _capture_folder(root: Path, params: dict[str, Any]) -> Path:
     defense = params["defense"] + (f"{params['clip_norm']:g}" if params["defense"] == "clip" else "")
     clients = f"-{params['clients']}clients" if params["clients"] != 40 else ""
-    return root / "captures" / f"{params['state']}-bs{params['batch_size']}-{defense}{clients}"
+    fedavg = f"-fedavg{params['local_steps']}" if params.get("local_steps") else ""
+    return (root / "captures" / params.get("model", "smallcnn")
+            / f"{params['state']}-bs{params['batch_size']}-{defense}{fedavg}{clients}")
 
 
 def _gi_prerequisites(root: Path, preset: str) -> dict[str, tuple[Any, Any, Path]]:
@@ -152,22 +220,28 @@ def _prepare_inversion(options: BenchOptions, todo: list[Cell]) -> None:
     """The attacker's priors and evaluation classifier (harness runs, trained once), and the captured
     updates of each Flower simulation the cells attack (simulated once; a finished capture set is
     never simulated again, so a cell's target stays the same update)."""
-    from grp_workbench.federated.app import FLSettings
     from grp_workbench.federated.simulate import simulate
     from grp_workbench.harness.trainer import train_cell
 
     root = GRADIENT_INVERSION.run_root(options)
     for spec, config, path in _gi_prerequisites(root, GI_PRESET[options.budget]).values():
         train_cell(spec, config, str(path), GI_PRESET[options.budget], quiet=False)
-    for params in {json.dumps(c.config, sort_keys=True): c.config for c in todo}.values():
-        folder = _capture_folder(root, params)
-        if (folder / "summary.json").is_file():
+    targets = {}
+    for cell in todo:
+        folder = _capture_folder(root, cell.config)
+        targets[folder] = max(targets.get(folder, 0), cell.config["index"] + 1)
+    simulated = set()
+    for cell in todo:
+        folder = _capture_folder(root, cell.config)
+        if folder in simulated or (folder / "summary.json").is_file():
             continue
-        rounds = 1 if params["state"] == "untrained" else 20
-        simulate(FLSettings(num_server_rounds=rounds, fraction_train=1.0, mode="fedsgd",
-                            batch_size=params["batch_size"], defense=params["defense"], capture_rounds=str(rounds),
-                            capture_clients="all", clip_norm=params["clip_norm"], output_dir=str(folder)),
-                 params["clients"], cpus_per_client=1.0)
+        simulated.add(folder)
+        # a secure-aggregation set has one capture per round: as many rounds as the design's targets
+        design_targets = max([targets[folder]] + [d.targets for d in GI_DESIGNS[options.budget]
+                                                  if _secagg_clients(cell.config["defense"])
+                                                  and cell.config["defense"] in d.defenses])
+        settings, clients = _simulation_settings(cell.config, folder, design_targets)
+        simulate(settings, clients, cpus_per_client=1.0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -192,9 +266,11 @@ def _measure_inversion(cell: Cell, folder: Path) -> dict[str, float]:
 
     params = cell.config
     root = folder.parents[len(Path(cell.run).parts) - 1]
-    # in the order of the clients' partitions (the evaluator's bookkeeping; node ids are random per simulation)
-    captures = sorted((_capture_folder(root, params) / "captures").glob("round*-node*.pt"),
-                      key=lambda c: client_truth(read_capture(c))["partition_id"])
+    found = (_capture_folder(root, params) / "captures")
+    if _secagg_clients(params["defense"]):  # one aggregate per round, in round order
+        captures = sorted(found.glob("round*-aggregate.pt"))
+    else:  # in the order of the clients' partitions (the evaluator's bookkeeping; node ids are random)
+        captures = sorted(found.glob("round*-node*.pt"), key=lambda c: client_truth(read_capture(c))["partition_id"])
     if params["prior"] == "ood":  # the OOD case: a prior of digits 0-4 against clients holding 5-9
         captures = [c for c in captures
                     if not set(capture_ground_truth(read_capture(c))[1].tolist()) & set(OOD_CLASSES)]
@@ -203,76 +279,145 @@ def _measure_inversion(cell: Cell, folder: Path) -> dict[str, float]:
                              "simulate more clients.")
     attacker = _attacker(str(root), params["preset"])
     torch.set_num_threads(1)
-    result = run_attack(params["attack"], captures[params["index"]], attacker[params["prior"]] if params["prior"]
-                        else None, params["preset"], seed=params["index"], classifier=attacker["classifier"])
+    capture = captures[params["index"]]
+    result = run_attack(params["attack"], capture, attacker[params["prior"]] if params["prior"] else None,
+                        params["preset"], seed=params["index"], classifier=attacker["classifier"],
+                        overrides=params.get("overrides"))
     torch.save({"images": result["images"].half(), "labels": result["labels"],
                 "originals": result["originals"].half()}, folder / "reconstruction.pt")
     metrics = result["metrics"]
-    return {"psnr": metrics["psnr"], "ssim": metrics["ssim"], "label_acc": metrics["label_accuracy"],
-            "classifier_acc": metrics["classifier_accuracy"], "iters_per_s": metrics["iters_per_s"],
-            "seconds": metrics["seconds"]}
+    record = {"psnr": metrics["psnr"], "ssim": metrics["ssim"], "label_acc": metrics["label_accuracy"],
+              "classifier_acc": metrics["classifier_accuracy"], "iters_per_s": metrics["iters_per_s"],
+              "seconds": metrics["seconds"]}
+    if "chosen_stage" in metrics:  # GIFD: which feature domain won by gradient cost
+        record["chosen_stage"] = metrics["chosen_stage"]
+    defense = read_capture(capture)["defense"]
+    if "epsilon" in defense:  # local DP: the privacy of this released update
+        record |= {"epsilon": float(defense["epsilon"]), "delta": float(defense["delta"])}
+    return record
 
 
 def _gi_notes(options: BenchOptions) -> str:
-    return ("MNIST, the federated SmallCNN (untrained, or after 20 FedSGD rounds: 'trained'), FedSGD captures of a "
-            "Flower simulation (IID, one round, every client's update captured by the curious server), "
-            f"{GI_BATCHES[options.budget]} target batches per (attack, setting) (record seed = batch index), attack "
-            f"preset '{GI_PRESET[options.budget]}' (federated/attack.py), adaptive attacker for clip (bound "
-            f"{GI_CLIP_NORM:g}) and prune; noise std 0.01; GGL/GIFD priors: DCGAN on the 3,000 prior images "
-            "('indist') or on digits 0-4 of them ('ood', against clients whose image is a 5-9). PSNR/SSIM on "
-            "[0,1] after order matching; classifier_acc: the evaluation classifier on the matched "
-            "reconstructions; iters_per_s: optimizer steps (GGL: candidate evaluations) per second, one thread. "
-            "Tasks are smallcnn-bs<B>-<state>-<prior>-<defense>; the grid is one factor at a time around bs 1, "
-            "untrained, undefended, in-distribution prior (federated/benchmarks.py).")
+    return ("MNIST clients, Flower simulations (IID; every client's update captured by the curious server, or "
+            "under secagg<k> the one aggregate of k clients per round, the model taking a FedSGD step per round). "
+            "Victims: the SmallCNN, or the ResNet-14 on MNIST zero-padded to 32x32 (federated/models.py); "
+            f"'trained' = after {TRAINED_ROUNDS} FedSGD rounds. Record seed = target batch index. Attack preset "
+            f"'{GI_PRESET[options.budget]}' (federated/attack.py); adaptive attacker for clip (bound "
+            f"{GI_CLIP_NORM:g}), prune and soteria; noise std 0.01; dp-eps<E>: Flower's LocalDpMod at (E, 1e-5) per "
+            "released update with clip 4 (records carry epsilon). fedavg<L>: a client of B images taking L "
+            "full-batch local steps, inverted by IG through the simulated steps. stage<k>: GIFD searching its "
+            "latent and feature domains 0..k only. GGL/GIFD priors: DCGAN on the 3,000 prior images ('indist') or "
+            "on digits 0-4 of them ('ood', against clients whose image is a 5-9). PSNR/SSIM on [0,1] after order "
+            "matching; classifier_acc: the evaluation classifier on the matched reconstructions; iters_per_s: "
+            "optimizer steps (GGL: candidate evaluations) per second, one thread. The grid is federated/benchmarks.py "
+            "GI_DESIGNS.")
 
 
-GI_ATTACKS = ("dlg", "idlg", "ig", "ggl", "gifd")
+def _columns_table(records: list[dict[str, Any]], metric: str, columns: dict[str, str]) -> str | None:
+    """paper_table over the attacks present, with short column names for the tasks."""
+    tasks = {r["task"] for r in records}
+    present = {name: task for name, task in columns.items() if task in tasks}
+    if not present:
+        return None
+    shown = [a for a in ALL_ATTACKS if any(r["method"] == a and r["task"] in present.values() for r in records)]
+    table = paper_table(records, metric, shown, list(present.values()))
+    for name, task in present.items():
+        table = table.replace(f" {task} ", f" {name} ", 1)
+    return table
+
+
+def _stage_table(records: list[dict[str, Any]]) -> str | None:
+    """GIFD's per-stage ablation: PSNR when the search stops at stage k, and which stage the full
+    search chose (by gradient cost) on how many targets."""
+    rows = []
+    for prior in ("indist", "ood"):
+        full = f"smallcnn-bs1-untrained-{prior}-none"
+        cells = {("stage 0 only" if k == 0 else f"stages 0..{k}"): f"{full}-stage{k}" for k in range(3)}
+        cells["all (0..3)"] = full
+        if not any(r["task"].startswith(f"{full}-stage") for r in records):
+            continue
+        chosen = [int(r["metrics"]["chosen_stage"]) for r in records
+                  if (r["method"], r["task"]) == ("gifd", full) and "chosen_stage" in r["metrics"]]
+        counts = ", ".join(f"stage {k}: {chosen.count(k)}" for k in sorted(set(chosen))) or "—"
+        rows.append((prior, [cell_iqm_text(records, "gifd", task, "psnr", 1) for task in cells.values()], counts))
+    if not rows:
+        return None
+    head = "| prior | " + " | ".join(cells) + " | stage chosen (full search) |"
+    rule = "| --- |" + " --- |" * (len(cells) + 1)
+    return "\n".join([head, rule] + [f"| {prior} | " + " | ".join(values) + f" | {counts} |"
+                                      for prior, values, counts in rows])
+
+
+DEFENSE_ORDER = ("none", "noise", "clip", "prune", "soteria", "dp-eps", "secagg")
+
+
+def _measured_defenses(records: list[dict[str, Any]]) -> list[str]:
+    """The client defenses measured at batch size 1 on the untrained small CNN (dp-eps<E> and
+    secagg<k> with whatever E and k the grid used), in the order of GIFD's defense table."""
+    found = {m.group(1) for r in records
+             if (m := re.fullmatch(r"smallcnn-bs1-untrained-indist-([a-z]+(?:-eps)?[0-9.]*)", r["task"]))}
+    return sorted(found, key=lambda d: (next(i for i, p in enumerate(DEFENSE_ORDER) if d.startswith(p)), d))
+
+
+def _fedavg_columns(records: list[dict[str, Any]]) -> tuple[str, dict[str, str]]:
+    """FedAvg cells beside the FedSGD cell of the same batch size: the title and the columns."""
+    found = sorted({(int(m.group(1)), int(m.group(2))) for r in records
+                    if (m := re.fullmatch(r"smallcnn-bs(\d+)-untrained-indist-none-fedavg(\d+)", r["task"]))})
+    columns = {}
+    for batch_size, steps in found:
+        columns[f"bs {batch_size} fedsgd"] = f"smallcnn-bs{batch_size}-untrained-indist-none"
+        columns[f"bs {batch_size} fedavg{steps}"] = f"smallcnn-bs{batch_size}-untrained-indist-none-fedavg{steps}"
+    steps = ", ".join(str(s) for s in sorted({s for _, s in found})) or "L"
+    return (f"FedAvg ({steps} local full-batch steps, inverted through the simulated steps) against FedSGD, "
+            "untrained SmallCNN, undefended: PSNR", columns)
 
 
 def _gi_tables(records: list[dict[str, Any]]) -> str:
     """As GIFD's tables print them: attacks as rows, one table per factor varied."""
-    tasks = {r["task"] for r in records}
-    attacks = [a for a in GI_ATTACKS if any(r["method"] == a for r in records)]
-    parts = []
-    for title, columns in (
-            ("Batch size 1, untrained model, in-distribution prior: PSNR (dB) by client defense",
-             {d: f"{GI_MODEL}-bs1-untrained-indist-{d}" for d in ("none", "noise", "clip", "prune")}),
-            ("Undefended, untrained model: PSNR by batch size",
-             {f"bs {b}": f"{GI_MODEL}-bs{b}-untrained-indist-none" for b in (1, 4, 8)}),
-            ("Batch size 1, undefended: PSNR by model state and the prior's data",
-             {f"{s}, {p} prior": f"{GI_MODEL}-bs1-{s}-{p}-none"
-              for s in ("untrained", "trained") for p in ("indist", "ood")}),
-            ("Batch size 1, untrained, noise defense: PSNR by the prior's data",
-             {f"{p} prior": f"{GI_MODEL}-bs1-untrained-{p}-noise" for p in ("indist", "ood")})):
-        present = {name: task for name, task in columns.items() if task in tasks}
-        if not present:
-            continue
-        shown = [a for a in attacks if any(r["method"] == a and r["task"] in present.values() for r in records)]
-        table = paper_table(records, "psnr", shown, list(present.values()))
-        for name, task in present.items():
-            table = table.replace(f" {task} ", f" {name} ", 1)
-        parts.append(f"{title}:\n\n{table}")
-    return "\n\n".join(parts)
+    defenses = _measured_defenses(records)
+    fedavg_title, fedavg_columns = _fedavg_columns(records)
+    tables = [
+        ("Headline: the ResNet-14, batch size 4, partly trained, undefended (PSNR, dB)",
+         _columns_table(records, "psnr", {"resnet bs4 trained": GI_HEADLINE,
+                                          "smallcnn bs4 untrained": "smallcnn-bs4-untrained-indist-none"})),
+        ("Batch size 1, untrained SmallCNN, in-distribution prior: PSNR (dB) by client defense",
+         _columns_table(records, "psnr", {d: f"smallcnn-bs1-untrained-indist-{d}" for d in defenses})),
+        ("Undefended, untrained SmallCNN: PSNR by batch size",
+         _columns_table(records, "psnr", {f"bs {b}": f"smallcnn-bs{b}-untrained-indist-none" for b in (1, 4, 8)})),
+        ("Batch size 1, undefended SmallCNN: PSNR by model state and the prior's data",
+         _columns_table(records, "psnr", {f"{s}, {p} prior": f"smallcnn-bs1-{s}-{p}-none"
+                                          for s in ("untrained", "trained") for p in ("indist", "ood")})),
+        ("Batch size 1, untrained SmallCNN, noise defense: PSNR by the prior's data",
+         _columns_table(records, "psnr", {f"{p} prior": f"smallcnn-bs1-untrained-{p}-noise"
+                                          for p in ("indist", "ood")})),
+        (fedavg_title, _columns_table(records, "psnr", fedavg_columns)),
+        ("GIFD per stage, batch size 1, untrained SmallCNN, undefended: PSNR (dB) when the search stops at "
+         "stage k", _stage_table(records)),
+    ]
+    return "\n\n".join(f"{title}:\n\n{table}" for title, table in tables if table)
 
 
 def _gifd_beats_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: searching the generator's intermediate feature domains beats GGL (latent only)
-    and generator-free IG."""
-    task = f"{GI_MODEL}-bs1-untrained-indist-none"
-    psnr = {a: cell_iqm(records, a, task, "psnr") for a in ("ig", "ggl", "gifd")}
-    if any(v is None for v in psnr.values()):
-        return "GIFD > GGL and IG in PSNR (paper, bs 1): not measured yet."
-    order = sorted(psnr, key=psnr.get, reverse=True)
-    verdict = "agrees" if order[0] == "gifd" else "does not agree"
-    return (f"GIFD > GGL and IG in PSNR, bs 1 undefended (paper): the measured direction {verdict} (IQM PSNR "
-            + ", ".join(f"{a} {psnr[a]:.1f}" for a in order) + " dB).")
+    and generator-free IG; judged on the headline setting, and at bs 1 on the small CNN."""
+    parts = []
+    for task in (GI_HEADLINE, "smallcnn-bs1-untrained-indist-none"):
+        psnr = {a: cell_iqm(records, a, task, "psnr") for a in ("ig", "ggl", "gifd")}
+        if any(v is None for v in psnr.values()):
+            continue
+        order = sorted(psnr, key=psnr.get, reverse=True)
+        verdict = "agrees" if order[0] == "gifd" else "does not agree"
+        parts.append(f"{task}: {verdict} (IQM PSNR " + ", ".join(f"{a} {psnr[a]:.1f}" for a in order) + " dB)")
+    if not parts:
+        return "GIFD > GGL and IG in PSNR (paper): not measured yet."
+    return "GIFD > GGL and IG in PSNR (paper), measured direction: " + "; ".join(parts) + "."
 
 
 def _gifd_ood_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: its advantage holds when the prior was trained on other data than the clients'."""
     parts = []
     for state in ("untrained", "trained"):
-        gifd, ggl = (cell_iqm(records, a, f"{GI_MODEL}-bs1-{state}-ood-none", "psnr") for a in ("gifd", "ggl"))
+        gifd, ggl = (cell_iqm(records, a, f"smallcnn-bs1-{state}-ood-none", "psnr") for a in ("gifd", "ggl"))
         if gifd is not None and ggl is not None:
             ahead = "GIFD ahead" if gifd > ggl else "GGL ahead"
             parts.append(f"{state}: GIFD {gifd:.1f} vs GGL {ggl:.1f} dB ({ahead})")
@@ -280,13 +425,39 @@ def _gifd_ood_claim(records: list[dict[str, Any]]) -> str:
         return "GIFD > GGL with an out-of-distribution prior (paper): not measured yet."
     ahead = sum("GIFD ahead" in p for p in parts)
     verdict = "agrees" if ahead == len(parts) else "does not agree" if not ahead else "agrees in one state only"
-    return (f"GIFD > GGL with an out-of-distribution prior (paper): the measured direction {verdict} "
-            f"({'; '.join(parts)}).")
+    line = (f"GIFD > GGL with an out-of-distribution prior (paper): the measured direction {verdict} "
+            f"({'; '.join(parts)})")
+    early = cell_iqm(records, "gifd", "smallcnn-bs1-untrained-ood-none-stage1", "psnr")
+    full = cell_iqm(records, "gifd", "smallcnn-bs1-untrained-ood-none", "psnr")
+    if early is not None and full is not None:
+        line += (f"; limited to the latent and the first two feature domains GIFD scores {early:.1f} dB against "
+                 f"{full:.1f} with all of them, so the OOD result credits the deepest, near-pixel domain as much as "
+                 "the prior")
+    return line + "."
+
+
+def _gifd_defense_claim(records: list[dict[str, Any]]) -> str:
+    """GIFD's claim: it stays the strongest attack under the common defenses (its defense table)."""
+    parts = []
+    for defense in (d for d in _measured_defenses(records) if d != "none"):
+        task = f"smallcnn-bs1-untrained-indist-{defense}"
+        psnr = {a: cell_iqm(records, a, task, "psnr") for a in ALL_ATTACKS}
+        psnr = {a: v for a, v in psnr.items() if v is not None}
+        if "gifd" in psnr and len(psnr) > 1:
+            best = max(psnr, key=psnr.get)
+            parts.append(f"{defense}: best {best} {psnr[best]:.1f} dB" + ("" if best == "gifd" else
+                                                                           f" (gifd {psnr['gifd']:.1f})"))
+    if not parts:
+        return "GIFD is the strongest attack under defenses (paper): not measured yet."
+    wins = sum(p.split("best ")[1].startswith("gifd") for p in parts)
+    return (f"GIFD is the strongest attack under defenses (paper): GIFD best under {wins} of {len(parts)} "
+            f"defenses ({'; '.join(parts)}).")
 
 
 GRADIENT_INVERSION = Suite(
     name="gradient_inversion",
     title="GIFD (generative gradient inversion over feature domains) against IG, GGL, DLG and iDLG on Flower updates",
     grid=_gi_cells, record=None, headline="psnr", notes=_gi_notes, tables=_gi_tables,
-    claims=(_gifd_beats_claim, _gifd_ood_claim), prepare=_prepare_inversion, budgets=("cpu", "paper", "tiny"),
+    claims=(_gifd_beats_claim, _gifd_ood_claim, _gifd_defense_claim), prepare=_prepare_inversion,
+    budgets=("cpu", "paper", "tiny"),
 )

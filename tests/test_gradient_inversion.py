@@ -245,3 +245,58 @@ def test_a_fedavg_capture_is_attacked_end_to_end(tmp_path, monkeypatch):
     assert math.isfinite(result["metrics"]["psnr"]) and result["metrics"]["gradient_loss"] < 1.0
     with pytest.raises(FederatedError, match="only ig inverts one"):
         run_attack("dlg", strategy.captured[0], preset="tiny")
+
+
+def test_the_benchmark_grid_maps_each_task_to_its_flower_simulation(tmp_path):
+    """The cpu grid holds the headline, defense, FedAvg and stage-ablation cells, each task names the
+    simulation its captures come from, and the tables and defense claim pick up whatever dp-eps<E>,
+    secagg<k> and fedavg<L> were measured."""
+    from grp_workbench.federated.benchmarks import (
+        ALL_ATTACKS,
+        GI_HEADLINE,
+        _gi_cells,
+        _gi_tables,
+        _gifd_defense_claim,
+        _simulation_settings,
+    )
+    from grp_workbench.harness.bench import BenchOptions
+
+    cells = _gi_cells(BenchOptions(runs=str(tmp_path / "runs"), out=str(tmp_path / "out"), budget="cpu"))
+    by_task = {}
+    for cell in cells:
+        by_task.setdefault(cell.task, []).append(cell)
+    assert {c.method for c in by_task[GI_HEADLINE]} == set(ALL_ATTACKS)
+    for task in ("smallcnn-bs1-untrained-indist-dp-eps8", "smallcnn-bs1-untrained-indist-secagg4",
+                 "smallcnn-bs4-untrained-indist-none-fedavg5", "smallcnn-bs1-untrained-ood-none-stage1"):
+        assert task in by_task, task
+    assert {c.method for c in by_task["smallcnn-bs4-untrained-indist-none-fedavg5"]} == {"ig"}
+
+    def settings(task):
+        return _simulation_settings(by_task[task][0].config, tmp_path, 16)[0]
+
+    dp = settings("smallcnn-bs1-untrained-indist-dp-eps8")
+    assert (dp.defense, dp.dp_epsilon) == ("dp", 8.0)
+    secagg = settings("smallcnn-bs1-untrained-indist-secagg4")
+    assert secagg.secagg and secagg.defense == "none" and secagg.fraction_train == 4 / 40
+    assert secagg.num_server_rounds == 16 and secagg.capture_rounds == ",".join(map(str, range(1, 17)))
+    fedavg = settings("smallcnn-bs4-untrained-indist-none-fedavg5")
+    assert (fedavg.mode, fedavg.local_epochs, fedavg.client_examples, fedavg.batch_size) == ("fedavg", 5, 4, 4)
+    headline = settings(GI_HEADLINE)
+    assert (headline.model, headline.num_server_rounds, headline.capture_rounds) == ("resnet", 20, "20")
+    with pytest.raises(ValueError, match="untrained model only"):
+        _simulation_settings(by_task[GI_HEADLINE][0].config | {"defense": "secagg4"}, tmp_path, 16)
+
+    def record(method, task, seed, value):
+        return {"method": method, "task": task, "seed": seed, "metrics": {"psnr": value}}
+
+    psnr = {("ig", "none"): 40.0, ("gifd", "none"): 50.0, ("ig", "secagg3"): 20.0, ("gifd", "secagg3"): 15.0,
+            ("ig", "dp-eps2"): 8.0, ("gifd", "dp-eps2"): 9.0}
+    records = [record(a, f"smallcnn-bs1-untrained-indist-{d}", s, v + s) for (a, d), v in psnr.items()
+               for s in range(3)]
+    records += [record("ig", "smallcnn-bs2-untrained-indist-none", s, 30.0) for s in range(3)]
+    records += [record("ig", "smallcnn-bs2-untrained-indist-none-fedavg3", s, 25.0) for s in range(3)]
+    tables = _gi_tables(records)
+    assert "| method | none | dp-eps2 | secagg3 |" in tables
+    assert "FedAvg (3 local" in tables and "| method | bs 2 fedsgd | bs 2 fedavg3 |" in tables
+    claim = _gifd_defense_claim(records)
+    assert "GIFD best under 1 of 2 defenses" in claim and "secagg3: best ig 21.0 dB (gifd 16.0)" in claim
