@@ -206,17 +206,27 @@ def prerequisite_run(suite: Suite, options: BenchOptions, name: str, spec: Metho
     """What a suite's ``prepare`` trains once for many cells (a classifier, a pre-trained generator),
     pinned so that every session and machine measures against the same model.
 
-    Training it again elsewhere gives another model (floating point differs across CPUs: the
-    gan_unlearning DCGAN, same code and seed, drew 18.1% nines on one CPU and 15.6% on another), so
-    the first finished run is copied, slim (the algorithm-state entries ``keep``: the weights, not the
-    optimizer), into ``<results folder>/pinned/<name>``; commit it with the results. Later runs restore
+    Training it again gives another model (floating point differs across CPUs and thread counts: the
+    gan_unlearning DCGAN, same code and seed, drew 18.1% nines on one CPU and 15.6% on another, and
+    a second run on the same CPU type differed too), so the first finished run is copied, slim (the
+    algorithm-state entries ``keep``: the weights, and the optimizer states where the cells read
+    them), into ``<results folder>/pinned/<name>``; commit it with the results. Later runs restore
     that copy instead of training, unless its config differs from ``config`` (then it is trained and
-    pinned again)."""
+    pinned again); a pinned copy without an entry ``keep`` now names is one error."""
     import shutil
 
     from grp_workbench.harness.runs import CONFIG_FILE, SUMMARY_FILE, atomic_torch_save
 
     pinned, run = suite.out_dir(options) / PINNED_DIR / name, RunDir(run_dir)
+    if RunDir(pinned).exists():
+        # a copy pinned before the suite kept more of the state (gan_unlearning's optimizer states) cannot
+        # be completed by training again: that gives another model, so the records measured against it go
+        missing = set(keep) - RunDir(pinned).load_latest_checkpoint()[1]["algorithm"].keys()
+        if missing:
+            raise HarnessError(f"{pinned} has no {', '.join(map(repr, sorted(missing)))}, which the {name} of "
+                               f"suite {suite.name} now needs, and training again gives another {name}: delete "
+                               f"{pinned} and the records measured against it, then run again to train and pin "
+                               "a new one.")
     usable = RunDir(pinned).exists() and not config_changes(spec, RunDir(pinned), config)
     if usable and not run.exists():
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -384,3 +384,9 @@ def test_a_prerequisite_is_pinned_once_and_restored_without_training(tmp_path, m
     with pytest.raises(HarnessError, match="'weights'"):
         bench.prerequisite_run(TOY_SUITE, options, "typo", TOY_SPEC, other, Path(options.runs) / "fourth", "paper",
                                keep=("weights",))
+    # a suite that now keeps more of the state (the optimizer) than its pinned copy has: one clear error,
+    # never a silent retrain that would put records of two models in one table
+    with pytest.raises(HarnessError, match=r"pinned/model has no 'optimizer'.*delete"):
+        bench.prerequisite_run(TOY_SUITE, options, "model", TOY_SPEC, other, Path(options.runs) / "fifth", "paper",
+                               keep=("model", "optimizer"))
+    assert not (Path(options.runs) / "fifth").exists()

@@ -245,3 +245,13 @@ def test_the_cli_names_bad_unlearning_settings_in_one_line(tmp_path):
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_gan_copy_without_its_optimizer_states_is_one_clear_error(tmp_path, monkeypatch):
+    """Unlearning starts from the pre-training optimizer states (the official protocol); a weights-only
+    copy of the GAN is refused by name instead of silently starting from fresh Adam moments."""
+    monkeypatch.setattr(gan_unlearning, "unlearning_reference", lambda *args: None)
+    monkeypatch.setattr(gan_unlearning, "_gan_state", lambda run_dir: {"generator": {}, "discriminator": {}})
+    monkeypatch.setattr("grp_workbench.federated.generative.dcgan.load_gan", lambda *args: (None, None, {}))
+    with pytest.raises(FederatedError, match="no opt_g, opt_d.*optimizer states"):
+        gan_unlearning.load_inputs(_toy_config(), "cpu")

@@ -23,7 +23,7 @@ import torch
 
 from grp_workbench.federated.classifier import SPEC as CLASSIFIER
 from grp_workbench.federated.generative.dcgan import GAN_SPEC
-from grp_workbench.federated.unlearning.gan import METHODS, SPEC, unlearning_reference
+from grp_workbench.federated.unlearning.gan import METHODS, PRETRAINED_STATE, SPEC, unlearning_reference
 from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text, prerequisite_run
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.runs import RunDir, atomic_write_json, read_json
@@ -84,7 +84,7 @@ def _prepare(options: BenchOptions, todo: list[Cell]) -> None:
     gan_preset = GAN_PRESET[options.budget]
     prerequisite_run(GAN_UNLEARNING, options, "gan", GAN_SPEC,
                      build_config(GAN_SPEC.config_cls, GAN_SPEC.presets, gan_preset, {"device": options.device}),
-                     paths["gan"], gan_preset, keep=("generator", "discriminator"))
+                     paths["gan"], gan_preset, keep=PRETRAINED_STATE)
 
 
 @functools.lru_cache(maxsize=64)

@@ -270,6 +270,11 @@ def unlearning_reference(gan: str, classifier: str, forget: int, eval_samples: i
     return UnlearningReference(evaluator, forget, latents, original_labels, real_features)
 
 
+# what unlearning reads from the pre-trained GAN's last checkpoint: the official code starts every phase
+# from the pre-training optimizer states too (references/unlearning.md, Adapt-then-Unlearn item 4)
+PRETRAINED_STATE = ("generator", "discriminator", "opt_g", "opt_d")
+
+
 @dataclass
 class UnlearningInputs:
     generator: nn.Module  # G_0, frozen, eval mode, with a ``z_dim`` attribute
@@ -301,6 +306,11 @@ def load_inputs(config: GanUnlearningConfig, device: str | torch.device) -> Unle
                                  f"{retrained_config.get('exclude')}, not without digit {config.forget}; pass the "
                                  f"train-gan run made with --set exclude={config.forget}.")
         retrained = reference.features(retrained_g)
+    missing = [key for key in PRETRAINED_STATE if key not in state]
+    if missing:
+        raise FederatedError(f"gan={config.gan}: its last checkpoint has no {', '.join(missing)}; unlearning "
+                             "starts from the pre-trained GAN's optimizer states as the official code does, so "
+                             "pass the full train-gan run, not a copy with the weights only.")
     return UnlearningInputs(generator, discriminator, (state["opt_g"], state["opt_d"]), reference, retrained)
 
 
