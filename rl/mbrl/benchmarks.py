@@ -99,13 +99,19 @@ def _tasks(records: list[dict[str, Any]]) -> list[str]:
 
 def _table(records: list[dict[str, Any]]) -> str:
     tasks = _tasks(records)
-    parts = ["`return` (last evaluation, 10 deterministic episodes), IQM [95% CI] over seeds:\n\n"
-             + paper_table(records, "return", list(mbpo.VARIANTS), tasks)]
-    for metric in ("lipschitz", "value_aware_error", "model_train_s"):
-        parts.append(f"`{metric}`:\n\n" + paper_table(records, metric, list(mbpo.VARIANTS), tasks))
+    if tasks:
+        parts = ["`return` (last evaluation, 10 deterministic episodes), IQM [95% CI] over seeds:\n\n"
+                 + paper_table(records, "return", list(mbpo.VARIANTS), tasks)]
+        for metric in ("lipschitz", "value_aware_error", "model_train_s"):
+            parts.append(f"`{metric}`:\n\n" + paper_table(records, metric, list(mbpo.VARIANTS), tasks))
+    else:
+        parts = ["Return, Lipschitz and value-aware-error tables: no training cell has finished yet."]
     speed = {r["method"]: r["metrics"] for r in records if r["task"] == SPEED_TASK}
     if speed:
-        rows = [f"| {name} | {m.get('updates_per_s', float('nan')):.1f} | {m.get('model_fit_s', float('nan')):.2f} |"
+        def shown(m: dict[str, float], key: str, digits: int) -> str:
+            return f"{m[key]:.{digits}f}" if key in m else "—"  # a contender measures one of the two
+
+        rows = [f"| {name} | {shown(m, 'updates_per_s', 1)} | {shown(m, 'model_fit_s', 2)} |"
                 for name, m in speed.items()]
         parts.append("Speed, side by side in one process (`speed` cell): SAC member-updates/s on Hopper's shapes "
                      "(batch 256, 2x256), model fit seconds (10 epochs, 5,000 transitions):\n\n"
