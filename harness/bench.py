@@ -37,7 +37,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -301,6 +301,35 @@ def cell_iqm(records: list[dict[str, Any]], method: str, task: str, metric: str)
     values = [r["metrics"][metric] for r in records
               if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
     return summarize(values)["iqm"] if values else None
+
+
+def rank_cells(records: list[dict[str, Any]], methods: Iterable[str], task: str, metric: str
+               ) -> list[tuple[str, float, float, float]] | None:
+    """(method, IQM, CI low, CI high) of each method on one task, best IQM first; None unless every
+    method has records. A claim line calls the first *ahead* only where its CI clears every other's
+    (``ranked_verdict``), so a rerun on other seeds does not flip a verdict drawn from overlapping CIs."""
+    from grp_workbench.harness.evaluation import iqm_ci
+
+    rows = []
+    for method in methods:
+        values = [r["metrics"][metric] for r in records
+                  if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+        if not values:
+            return None
+        rows.append((method, *iqm_ci(values)))
+    return sorted(rows, key=lambda row: row[1], reverse=True)
+
+
+def ranked_verdict(ranking: list[tuple[str, float, float, float]], method: str) -> str:
+    """Whether ``method`` leads a ``rank_cells`` ranking: "ahead" (its CI above every other's), "behind"
+    (another method's CI above its own), else "tied" (the CIs overlap)."""
+    mine = next(row for row in ranking if row[0] == method)
+    others = [row for row in ranking if row[0] != method]
+    if all(mine[2] > row[3] for row in others):
+        return "ahead"
+    if any(row[2] > mine[3] for row in others):
+        return "behind"
+    return "tied"
 
 
 def cell_iqm_text(records: list[dict[str, Any]], method: str, task: str, metric: str, digits: int = 4) -> str:

@@ -290,13 +290,16 @@ def test_the_benchmark_grid_maps_each_task_to_its_flower_simulation(tmp_path):
         return {"method": method, "task": task, "seed": seed, "metrics": {"psnr": value}}
 
     psnr = {("ig", "none"): 40.0, ("gifd", "none"): 50.0, ("ig", "secagg3"): 20.0, ("gifd", "secagg3"): 15.0,
-            ("ig", "dp-eps2"): 8.0, ("gifd", "dp-eps2"): 9.0}
+            ("ig", "dp-eps2"): 8.0, ("gifd", "dp-eps2"): 9.0, ("ig", "clip"): 10.0, ("gifd", "clip"): 30.0}
     records = [record(a, f"smallcnn-bs1-untrained-indist-{d}", s, v + s) for (a, d), v in psnr.items()
                for s in range(3)]
     records += [record("ig", "smallcnn-bs2-untrained-indist-none", s, 30.0) for s in range(3)]
     records += [record("ig", "smallcnn-bs2-untrained-indist-none-fedavg3", s, 25.0) for s in range(3)]
     tables = _gi_tables(records)
-    assert "| method | none | dp-eps2 | secagg3 |" in tables
+    assert "| method | none | clip | dp-eps2 | secagg3 |" in tables
     assert "FedAvg (3 local" in tables and "| method | bs 2 fedsgd | bs 2 fedavg3 |" in tables
     claim = _gifd_defense_claim(records)
-    assert "GIFD best under 1 of 2 defenses" in claim and "secagg3: best ig 21.0 dB (gifd 16.0)" in claim
+    # a lead counts only where the CIs separate: clip (30 vs 10) yes, dp-eps2 (one dB apart, spread 2) no
+    assert "under 1 of 3 defenses" in claim, claim
+    assert "clip: gifd ahead, best IQM gifd 31.0 dB" in claim and "dp-eps2: gifd tied" in claim
+    assert "secagg3: gifd behind, best IQM ig 21.0 dB, gifd 16.0" in claim
