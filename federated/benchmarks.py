@@ -473,10 +473,47 @@ def _gifd_defense_claim(records: list[dict[str, Any]]) -> str:
             f"under {wins} of {len(parts)} defenses ({'; '.join(parts)}).")
 
 
+OVERVIEW_TASKS = (GI_HEADLINE, "smallcnn-bs1-untrained-indist-none", "smallcnn-bs1-untrained-indist-secagg4",
+                  "smallcnn-bs4-untrained-indist-none")
+OVERVIEW_IMAGES = 8
+
+
+def _gi_overviews(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
+    """Originals and every attack's reconstructions of the first target batches of the key tasks, one
+    figure per task in ``overview/``, drawn from the reconstructions the cells keep (an earlier
+    run's figure is linked when these runs are not on this machine)."""
+    import torch
+
+    from grp_workbench.federated.attack import save_grid
+    from grp_workbench.harness.bench import figure_link
+
+    out, root = GRADIENT_INVERSION.out_dir(options), GRADIENT_INVERSION.run_root(options)
+    links = []
+    for task in OVERVIEW_TASKS:
+        path = out / "overview" / f"{task}.png"
+        rows, originals = {}, None
+        for attack in ALL_ATTACKS:
+            found = sorted((root / task / attack).glob("batch*/reconstruction.pt"))
+            kept = [torch.load(f) for f in found]
+            images = [b["images"].float() for b in kept]
+            if images and sum(len(i) for i in images) >= OVERVIEW_IMAGES:
+                rows[attack] = torch.cat(images)[:OVERVIEW_IMAGES]
+                if originals is None:
+                    originals = torch.cat([b["originals"].float() for b in kept])[:OVERVIEW_IMAGES]
+        if rows and any(c.task == task for c in cells):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # order-matched within each target batch, and every attack's batches in the same order
+            save_grid(rows, originals, path)
+        links.append(figure_link(path, f"{task}: originals and each attack's reconstructions", out))
+    text = "".join(link for link in links if link)
+    return ("Originals (top) and each attack's reconstructions of the first target batches:\n\n" + text) if text else ""
+
+
 GRADIENT_INVERSION = Suite(
     name="gradient_inversion",
     title="GIFD (generative gradient inversion over feature domains) against IG, GGL, DLG and iDLG on Flower updates",
     grid=_gi_cells, record=None, headline="psnr", notes=_gi_notes, tables=_gi_tables,
     claims=(_gifd_beats_claim, _gifd_ood_claim, _gifd_defense_claim), prepare=_prepare_inversion,
+    extra_markdown=_gi_overviews,
     budgets=("cpu", "paper", "tiny"),
 )
