@@ -22,6 +22,8 @@ from grp_workbench.harness.bench import (
     Suite,
     cell_iqm,
     cell_iqm_text,
+    cell_values,
+    figure_link,
     paper_table,
     rank_cells,
     ranked_verdict,
@@ -431,12 +433,11 @@ def _gifd_beats_claim(records: list[dict[str, Any]]) -> str:
 
 def _gifd_ood_claim(records: list[dict[str, Any]]) -> str:
     """GIFD's claim: its advantage holds when the prior was trained on other data than the clients'."""
-    parts, verdicts = [], []
+    parts = []
     for state in ("untrained", "trained"):
         ranking = rank_cells(records, ("gifd", "ggl"), f"smallcnn-bs1-{state}-ood-none", "psnr")
         if ranking is not None:
-            verdicts.append(ranked_verdict(ranking, "gifd"))
-            parts.append(f"{state}: {VERDICT[verdicts[-1]]} ({_ranking_text(ranking)} dB)")
+            parts.append(f"{state}: {VERDICT[ranked_verdict(ranking, 'gifd')]} ({_ranking_text(ranking)} dB)")
     if not parts:
         return "GIFD > GGL with an out-of-distribution prior (paper): not measured yet."
     line = f"GIFD > GGL with an out-of-distribution prior (paper), measured direction: {'; '.join(parts)}"
@@ -456,7 +457,7 @@ def _gifd_defense_claim(records: list[dict[str, Any]]) -> str:
     parts, wins = [], 0
     for defense in (d for d in _measured_defenses(records) if d != "none"):
         task = f"smallcnn-bs1-untrained-indist-{defense}"
-        measured = [a for a in ALL_ATTACKS if cell_iqm(records, a, task, "psnr") is not None]
+        measured = [a for a in ALL_ATTACKS if cell_values(records, a, task, "psnr")]
         if "gifd" not in measured or len(measured) < 2:
             continue
         ranking = rank_cells(records, measured, task, "psnr")
@@ -464,8 +465,7 @@ def _gifd_defense_claim(records: list[dict[str, Any]]) -> str:
         wins += verdict == "ahead"
         leader = ranking[0][0]
         # the mean (an IQM of per-target 0/1 accuracies at batch size 1 rounds to 0 or 1)
-        accuracies = [r["metrics"]["classifier_acc"] for r in records
-                      if (r["method"], r["task"]) == (leader, task) and "classifier_acc" in r["metrics"]]
+        accuracies = cell_values(records, leader, task, "classifier_acc")
         digit = sum(accuracies) / len(accuracies) if accuracies else None
         parts.append(f"{defense}: gifd {verdict}, best IQM {leader} {ranking[0][1]:.1f} dB"
                      + (f" (mean classifier accuracy {digit:.2f})" if digit is not None else "")
@@ -488,7 +488,6 @@ def _gi_overviews(options: BenchOptions, cells: list[Cell], records: list[dict[s
     import torch
 
     from grp_workbench.federated.attack import save_grid
-    from grp_workbench.harness.bench import figure_link
 
     out, root = GRADIENT_INVERSION.out_dir(options), GRADIENT_INVERSION.run_root(options)
     links = []

@@ -295,11 +295,16 @@ def cell_records(suite: Suite, options: BenchOptions, cell: Cell) -> list[dict[s
     return records
 
 
+def cell_values(records: list[dict[str, Any]], method: str, task: str, metric: str) -> list[float]:
+    """``metric`` of every record (one per seed) of one (method, task) that has it."""
+    return [r["metrics"][metric] for r in records
+            if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+
+
 def cell_iqm(records: list[dict[str, Any]], method: str, task: str, metric: str) -> float | None:
     """IQM over seeds of ``metric`` for one (method, task) of a suite's records; None if none has it
     (what a claim line compares)."""
-    values = [r["metrics"][metric] for r in records
-              if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+    values = cell_values(records, method, task, metric)
     return summarize(values)["iqm"] if values else None
 
 
@@ -312,8 +317,7 @@ def rank_cells(records: list[dict[str, Any]], methods: Iterable[str], task: str,
 
     rows = []
     for method in methods:
-        values = [r["metrics"][metric] for r in records
-                  if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+        values = cell_values(records, method, task, metric)
         if not values:
             return None
         rows.append((method, *iqm_ci(values)))
@@ -337,8 +341,7 @@ def cell_iqm_text(records: list[dict[str, Any]], method: str, task: str, metric:
     (for a suite's own table layout)."""
     from grp_workbench.harness.evaluation import iqm_ci
 
-    values = [r["metrics"][metric] for r in records
-              if (r["method"], r["task"]) == (method, task) and metric in r["metrics"]]
+    values = cell_values(records, method, task, metric)
     if not values:
         return "—"
     iqm, low, high = iqm_ci(values)
@@ -355,8 +358,7 @@ def paper_table(records: list[dict[str, Any]], metric: str, methods: list[str], 
     for method in methods:
         cells = []
         for task in tasks:
-            values = [r["metrics"][metric] for r in records
-                      if r["method"] == method and r["task"] == task and metric in r["metrics"]]
+            values = cell_values(records, method, task, metric)
             if not values:
                 cells.append("")
                 continue
