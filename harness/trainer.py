@@ -50,6 +50,10 @@ PROGRESS_LINE_SECONDS = 30.0
 
 @runtime_checkable
 class Algorithm(Protocol):
+    """What the trainer drives. Optional attributes, read with defaults: ``bar_metrics`` (training
+    metrics shown on the progress bar), ``early_stop_evals`` (patience in evaluations, 0 = never) and
+    ``selects_best`` (whether the best evaluation is tracked)."""
+
     main_metric: str
     higher_is_better: bool
 
@@ -134,7 +138,10 @@ class Trainer:
                 p.updates += 1
                 self._accumulate(metrics)
                 if _crossed(before, p.step, cfg.log_every):
-                    postfix.update(self._log_train())
+                    # this log's training metrics replace the last log's: a sparse one (an episode's
+                    # return) must not linger on the bar after newer logs lack it
+                    evals = {k: v for k, v in postfix.items() if k.startswith("eval_")}
+                    postfix = {**self._log_train(), **evals}
                     bar.set_postfix(postfix, refresh=False)
                 if _crossed(before, p.step, cfg.eval_every) or p.step >= cfg.total_steps:
                     self._evaluate()
@@ -179,14 +186,16 @@ class Trainer:
         p.train_count += 1
 
     def _log_train(self) -> dict[str, str]:
-        """Write the mean of each training metric since the last log; returns the first few for the bar."""
+        """Write the mean of each training metric since the last log; returns those for the bar (the
+        algorithm's ``bar_metrics`` if it names them, else the first two)."""
         p = self.progress
         # a checkpoint of an older version has sums without counts: those were made every update
         means = {k: v / p.train_counts.get(k, p.train_count) for k, v in p.train_sums.items()} if p.train_count else {}
         if means:
             self.run.log(p.step, "train", {**means, "steps_per_s": p.step / max(p.update_seconds, 1e-9)})
         p.train_sums, p.train_count, p.train_counts = {}, 0, {}
-        return {k: f"{v:.4g}" for k, v in list(means.items())[:2]}
+        shown = getattr(self.algorithm, "bar_metrics", None) or list(means)[:2]
+        return {k: f"{means[k]:.4g}" for k in shown if k in means}
 
     def _evaluate(self) -> None:
         p = self.progress

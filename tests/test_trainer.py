@@ -172,6 +172,25 @@ def test_no_best_without_selection_and_early_stopping_after_patience(tmp_path, m
     assert stopped["best"]["step"] == 10
 
 
+def test_the_progress_line_shows_only_the_latest_logs_sparse_metrics(tmp_path, monkeypatch, capsys):
+    from grp_workbench.harness import trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_LINE_SECONDS", 0.0)  # a line after every update
+    monkeypatch.setattr(ToyRegression, "bar_metrics", ("episode_return", "loss"), raising=False)
+    original_update = ToyRegression.update
+    calls = {"n": 0}
+
+    def sparse_update(self):  # an episode ends in the first five updates only
+        calls["n"] += 1
+        return {**original_update(self), **({"episode_return": 7.0} if calls["n"] <= 5 else {})}
+
+    monkeypatch.setattr(ToyRegression, "update", sparse_update)
+    train(TOY_SPEC, _config(total_steps=20), tmp_path / "run", "paper")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "steps/s" in line]
+    assert any("episode_return=7" in line and "loss=" in line for line in lines[:10])
+    assert "episode_return" not in lines[-1] and "loss=" in lines[-1]  # the step-10 log no longer shows
+
+
 def test_the_warmed_up_average_forgets_the_initialisation_and_resumes_the_ramp():
     """A plain EMA of decay 0.999 still holds 0.999**99 = 91% of the first weights after 100 updates;
     the warmed-up one holds their product of ramped decays (under 0.1%), and a reload keeps the count."""

@@ -256,6 +256,7 @@ class TransitionPool:
 class MBPO:
     main_metric = "return"
     higher_is_better = True
+    bar_metrics = ("train_return", "critic_loss")
 
     def __init__(self, config: MBPOConfig, policy: DevicePolicy):
         self.config, self.device = config, policy.device
