@@ -95,6 +95,9 @@ class BenchOptions:
 
     budget: str = "cpu"
     seeds: tuple[int, ...] | None = None  # None: the budget's own
+    # most seeds trained together as one batched run (None: all of them). On a CPU a batched update
+    # costs about as much per seed as separate runs, so 1 lets N workers train N seeds at once.
+    seeds_per_run: int | None = None
     methods: tuple[str, ...] | None = None
     tasks: tuple[str, ...] | None = None
     runs: str = ""  # run root; empty: runs/bench/<suite>
@@ -389,6 +392,19 @@ def figure_link(path: Path | None, alt: str, out_dir: Path) -> str:
     return f"![{alt}]({path.relative_to(out_dir) if path.is_relative_to(out_dir) else path.name})\n"
 
 
+def seed_runs(options: BenchOptions, default: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The seeds of a suite with batched members, split into the runs that train them: consecutive
+    seeds (a batched run's members are seed, seed + 1, ...), at most ``options.seeds_per_run`` each."""
+    seeds = tuple(options.seeds or default)
+    size = options.seeds_per_run or len(seeds)
+    runs = [seeds[i:i + size] for i in range(0, len(seeds), size)]
+    for run in runs:
+        if run != tuple(range(run[0], run[0] + len(run))):
+            raise HarnessError(f"--seeds {','.join(map(str, seeds))}: seeds trained together must be consecutive "
+                               f"(e.g. 0,1,2), or pass --seeds-per-run 1 to train each seed as its own run.")
+    return runs
+
+
 def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Path | None:
     """results.json and README.md from every finished cell of the whole grid (a run filtered to some
     methods or tasks never drops the records of the others), labelled partial or complete."""
@@ -407,12 +423,23 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
         if all(key in earlier for key in cell.keys()):
             carried.append(cell)
             records += [earlier[key] for key in cell.keys()]
+    # Records of this grid's (method, task)s for seeds this invocation did not ask for (--seeds 1 after a
+    # run of seeds 0-2, or seeds trained one run each) are kept too: choosing seeds never drops others.
+    present = {(r["method"], r["task"], r["seed"]) for r in records}
+    pairs = {(c.method, c.task) for c in cells}
+    other_seeds = [r for key, r in earlier.items() if key not in present and key[:2] in pairs]
+    records += other_seeds
     if not records:
         return None
     if suite.derive is not None:
         records = suite.derive(records)
-    finished = len(done) + len(carried)
-    status = "complete" if finished == len(cells) else f"PARTIAL ({finished} of {len(cells)} cells)"
+    # complete means the budget's own grid of (method, task, seed) is measured, however its seeds were
+    # grouped into runs; a cell counts as finished when all its keys have records
+    measured = present | {(r["method"], r["task"], r["seed"]) for r in other_seeds}
+    budget_cells = suite.cells(dataclasses.replace(options, seeds=None, seeds_per_run=None))
+    finished = sum(all(key in measured for key in cell.keys()) for cell in budget_cells)
+    status = ("complete" if finished == len(budget_cells)
+              else f"PARTIAL ({finished} of {len(budget_cells)} cells)")
     opening = [f"{suite.title}. Status: {status}.", "",
                f"Headline: `{suite.headline}`, IQM [95% CI] over seeds (n = seeds finished).", "",
                suite_tables(suite, cells, records), ""]
@@ -420,10 +447,13 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
         opening += ["Claims of the paper and the direction measured here:", ""]
         opening += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
     notes = suite.notes(options)
-    origins = carried_origins(previous) if carried else []
-    if carried:
+    origins = carried_origins(previous) if carried or other_seeds else []
+    if carried or other_seeds:
         where = "; ".join(f"commit {o['git_commit']}, {o['date']}" for o in origins)
-        notes += (f" {len(carried)} of the {len(cells)} cells are carried over from the previous results.json "
+        what = " and ".join(part for part in (
+            f"{len(carried)} of the {len(cells)} cells" if carried else "",
+            f"{len(other_seeds)} records of seeds outside this run's --seeds" if other_seeds else "") if part)
+        notes += (f" {what} are carried over from the previous results.json "
                   f"(measured at {where}); their runs are not under this run root.")
     if status != "complete":
         notes = f"{status}. {notes}"

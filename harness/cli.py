@@ -204,6 +204,9 @@ def bench(
                                                    "run root must then be a path every node sees")] = None,
     budget: Annotated[str, typer.Option(help="cpu (what the suite's README reports) | paper")] = "cpu",
     seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: the budget's)")] = None,
+    seeds_per_run: Annotated[Optional[int], typer.Option(min=1, help="most seeds trained together as one batched "
+                                                     "run (default: all); 1 lets --workers N train N seeds at "
+                                                     "once, as fast on a CPU")] = None,
     methods: Annotated[Optional[str], typer.Option(help="comma-separated methods to run (default: all)")] = None,
     tasks: Annotated[Optional[str], typer.Option(help="comma-separated tasks to run (default: all)")] = None,
     runs: Annotated[Optional[Path], typer.Option(help="run root (default: runs/bench/<suite>)")] = None,
@@ -234,8 +237,8 @@ def bench(
         seed_list = tuple(int(s) for s in _names(seeds)) if seeds else None
     except ValueError:
         raise typer.BadParameter(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
-    options = BenchOptions(budget=budget, seeds=seed_list, methods=_names(methods), tasks=_names(tasks),
-                           runs=str(runs or ""), out=str(out or ""), device=device)
+    options = BenchOptions(budget=budget, seeds=seed_list, seeds_per_run=seeds_per_run, methods=_names(methods),
+                           tasks=_names(tasks), runs=str(runs or ""), out=str(out or ""), device=device)
     if suite == "all":
         failed = []
         for name in [] if report_only or dry_run else suite_names():

@@ -21,7 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_iqm_text, figure_link, paper_table
+from grp_workbench.harness.bench import (
+    BenchOptions,
+    Cell,
+    Suite,
+    cell_iqm,
+    cell_iqm_text,
+    figure_link,
+    paper_table,
+    seed_runs,
+)
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize
@@ -51,9 +60,6 @@ def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray
 
 
 def _offline_cells(options: BenchOptions) -> list[Cell]:
-    seeds = list(options.seeds or (0, 1, 2))
-    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise HarnessError(f"--seeds {','.join(map(str, seeds))}: batched seeds must be consecutive (e.g. 0,1,2).")
     grids = [(OFFLINE_TASKS, OFFLINE_BUDGETS[options.budget], "")]
     if LONG_BUDGETS[options.budget]:
         long = LONG_BUDGETS[options.budget]
@@ -62,12 +68,13 @@ def _offline_cells(options: BenchOptions) -> list[Cell]:
     for tasks, budget, suffix in grids:
         for task in tasks:  # medium-replay first: where the paper's gains are largest
             for method, spec in OFFLINE_SPECS.items():
-                config = build_config(spec.config_cls, spec.presets, "paper", {k: str(v) for k, v in {
-                    "dataset": task, "seed": seeds[0], "n_seeds": len(seeds), "total_steps": budget["steps"],
-                    "eval_every": budget["eval_every"], "checkpoint_every": budget["eval_every"],
-                    "device": options.device}.items()})
-                cells.append(Cell(method, task + suffix, seeds[0], spec, config,
-                                  f"{task}{suffix}/{method}-seeds{seeds[0]}-{seeds[-1]}", members=tuple(seeds)))
+                for seeds in seed_runs(options, (0, 1, 2)):
+                    config = build_config(spec.config_cls, spec.presets, "paper", {k: str(v) for k, v in {
+                        "dataset": task, "seed": seeds[0], "n_seeds": len(seeds), "total_steps": budget["steps"],
+                        "eval_every": budget["eval_every"], "checkpoint_every": budget["eval_every"],
+                        "device": options.device}.items()})
+                    cells.append(Cell(method, task + suffix, seeds[0], spec, config,
+                                      f"{task}{suffix}/{method}-seeds{seeds[0]}-{seeds[-1]}", members=seeds))
     return cells
 
 
@@ -80,11 +87,15 @@ def _offline_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[in
 
 def _offline_notes(options: BenchOptions) -> str:
     budget, long = OFFLINE_BUDGETS[options.budget], LONG_BUDGETS[options.budget]
-    seeds = options.seeds or (0, 1, 2)
+    seeds = sorted(set(options.seeds or ()) | {0, 1, 2})  # records of other seeds are kept (write_suite_results)
+    grouping = ("batched" if not options.seeds_per_run or options.seeds_per_run >= len(seeds)
+                else f"at most {options.seeds_per_run} per run")
     second = (f" The second table: {long['steps']} gradient steps on {', '.join(LONG_TASKS)} (tasks named "
               f"<dataset>-{long['steps'] // 1000}k), evaluation every {long['eval_every']}; its headline is "
               f"normalized_score_lastk, the mean of the last {LASTK} evaluations.") if long else ""
-    return (f"{len(seeds)} seeds (batched), {budget['steps']} gradient steps, evaluation every {budget['eval_every']} "
+    return (f"{len(seeds)} seeds ({grouping}; a cell's run folder names the seeds it trained together, and a seed "
+            "trained alone is not bit-identical to the same seed as a batched member, rl/common/networks.py), "
+            f"{budget['steps']} gradient steps, evaluation every {budget['eval_every']} "
             "steps with 10 deterministic episodes, each seed on its own start states (runs made before commit df65221, "
             "the first 18 cells, evaluated every seed on the first seed's); BC (plain behaviour cloning, "
             "rl/offline/bc.py) is the control. Datasets built locally (`workbench rl data build`), normalized with "

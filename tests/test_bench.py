@@ -211,6 +211,41 @@ def test_a_batched_seed_cell_makes_one_record_per_member(tmp_path):
     assert "(n=2)" in (Path(options.out) / "README.md").read_text()
 
 
+def _seed_run_grid(options):
+    from grp_workbench.harness.bench import seed_runs
+
+    cells = []
+    for seeds in seed_runs(options, (0, 1, 2)):
+        config = build_config(ToyConfig, TOY_PRESETS, "paper", {"total_steps": "20", "seed": str(seeds[0])})
+        cells.append(Cell("sgd", "short", seeds[0], TOY_SPEC, config, f"short/sgd-seeds{seeds[0]}-{seeds[-1]}",
+                          members=seeds))
+    return cells
+
+
+SEED_RUN_SUITE = Suite(name="seedruns", title="Seeds grouped into runs", grid=_seed_run_grid, headline="neg_mse",
+                       record=lambda cell, summary, run: {s: {"neg_mse": float(s)} for s in cell.members})
+
+
+def test_seeds_trained_one_run_each_fill_the_budgets_grid_and_keep_each_others_records(tmp_path):
+    ref = "tests.test_bench:SEED_RUN_SUITE"
+    options = _options(tmp_path, "seedruns", seeds_per_run=1)
+    assert [c.members for c in SEED_RUN_SUITE.cells(options)] == [(0,), (1,), (2,)]
+    assert [c.members for c in SEED_RUN_SUITE.cells(replace(options, seeds_per_run=2))] == [(0, 1), (2,)]
+    with pytest.raises(HarnessError, match="--seeds-per-run 1"):
+        SEED_RUN_SUITE.cells(replace(options, seeds=(0, 2), seeds_per_run=None))
+    run_suite(ref, replace(options, seeds=(0,)))
+    assert "PARTIAL (0 of 1 cells)" in (Path(options.out) / "README.md").read_text()
+    # a later invocation for the other seeds keeps seed 0's record, and the budget's grid is then complete
+    run_suite(ref, replace(options, seeds=(2, 1)))
+    assert [r[2] for r in _records(options)] == [0, 1, 2]
+    assert "Status: complete." in (Path(options.out) / "README.md").read_text()
+    # a rewrite asking for seed 1 alone (its run is here) still keeps seeds 0 and 2, whose runs are too
+    from grp_workbench.harness.bench import write_suite_results
+
+    write_suite_results(SEED_RUN_SUITE, replace(options, seeds=(1,)), "test")
+    assert [r[2] for r in _records(options)] == [0, 1, 2]
+
+
 def test_offline_rl_cells_record_each_batched_seed_and_state_the_claims_direction(tmp_path):
     from grp_workbench.envs.datasets import build
     from grp_workbench.rl.benchmarks import OFFLINE_RL, _medium_replay_claim, _offline_record

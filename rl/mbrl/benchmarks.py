@@ -17,9 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from grp_workbench.harness.bench import BenchOptions, Cell, Suite, cell_iqm, cell_path, figure_link, paper_table
+from grp_workbench.harness.bench import (
+    BenchOptions,
+    Cell,
+    Suite,
+    cell_iqm,
+    cell_path,
+    figure_link,
+    paper_table,
+    seed_runs,
+)
 from grp_workbench.harness.config import build_config
-from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.runs import RunDir
 from grp_workbench.rl.mbrl import mbpo
 
@@ -38,20 +46,19 @@ SPEED_TASK = "hopper-shapes"
 
 
 def _cells(options: BenchOptions) -> list[Cell]:
-    seeds = list(options.seeds or ((0,) if options.budget == "tiny" else (0, 1, 2)))
-    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise HarnessError(f"--seeds {','.join(map(str, seeds))}: batched seeds must be consecutive (e.g. 0,1,2).")
     preset, cells = PRESETS[options.budget], []
     for env, budget in BUDGETS[options.budget].items():
         task = mbpo.task_name(env, budget["steps"])
         for variant in mbpo.VARIANTS:
-            overrides = {"env": env, "variant": variant, "seed": seeds[0], "n_seeds": len(seeds),
-                         "total_steps": budget["steps"], "eval_every": budget["eval_every"],
-                         "checkpoint_every": budget["eval_every"], "updates_per_step": budget["updates_per_step"],
-                         "device": options.device}
-            config = build_config(mbpo.MBPOConfig, mbpo.PRESETS, preset, {k: str(v) for k, v in overrides.items()})
-            cells.append(Cell(variant, task, seeds[0], mbpo.SPEC, config,
-                              f"{task}/{variant}-seeds{seeds[0]}-{seeds[-1]}", preset=preset, members=tuple(seeds)))
+            for seeds in seed_runs(options, (0,) if options.budget == "tiny" else (0, 1, 2)):
+                overrides = {"env": env, "variant": variant, "seed": seeds[0], "n_seeds": len(seeds),
+                             "total_steps": budget["steps"], "eval_every": budget["eval_every"],
+                             "checkpoint_every": budget["eval_every"], "updates_per_step": budget["updates_per_step"],
+                             "device": options.device}
+                config = build_config(mbpo.MBPOConfig, mbpo.PRESETS, preset,
+                                      {k: str(v) for k, v in overrides.items()})
+                cells.append(Cell(variant, task, seeds[0], mbpo.SPEC, config,
+                                  f"{task}/{variant}-seeds{seeds[0]}-{seeds[-1]}", preset=preset, members=seeds))
     tiny = options.budget == "tiny"
     speed = {"updates": 5 if tiny else 200, "repeats": 2 if tiny else 5, "batched_seeds": 3,
              "fit_transitions": 500 if tiny else 5000, "fit_epochs": 1 if tiny else 10}
