@@ -392,6 +392,28 @@ def figure_link(path: Path | None, alt: str, out_dir: Path) -> str:
     return f"![{alt}]({path.relative_to(out_dir) if path.is_relative_to(out_dir) else path.name})\n"
 
 
+HISTORY_FILE = "eval_history.json"  # every finished cell's evaluation rows, so figures outlive the runs
+
+
+def eval_histories(suite: Suite, options: BenchOptions, cells: Iterable[Cell],
+                   columns: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
+    """The evaluation rows (``step`` and the columns ``columns`` keeps) of every cell, by run folder:
+    read from the finished runs here and stored in the results folder's eval_history.json, merged
+    with what that file already holds, so that a figure of learning curves can be redrawn on a
+    machine that has only some of the runs (a fresh checkout, a run made elsewhere)."""
+    path = suite.out_dir(options) / HISTORY_FILE
+    stored = read_json(path) if path.is_file() else {}
+    for cell in cells:
+        if cell.measure is None and is_done(suite, options, cell):
+            rows = RunDir(cell_path(suite, options, cell)).read_metrics("eval")
+            stored[cell.run] = {"method": cell.method, "task": cell.task, "seeds": list(cell.members or (cell.seed,)),
+                                "rows": [{"step": r["step"], **{k: v for k, v in r.items() if columns(k)}}
+                                         for r in rows]}
+    if stored:
+        atomic_write_json(path, dict(sorted(stored.items())))
+    return stored
+
+
 def seed_runs(options: BenchOptions, default: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The seeds of a suite with batched members, split into the runs that train them: consecutive
     seeds (a batched run's members are seed, seed + 1, ...), at most ``options.seeds_per_run`` each."""

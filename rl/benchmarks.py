@@ -16,6 +16,7 @@ d3rlpy, one measured cell) follow below.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,10 @@ from grp_workbench.harness.bench import (
     Suite,
     cell_iqm,
     cell_iqm_text,
+    cell_values,
+    eval_histories,
     figure_link,
+    is_done,
     paper_table,
     seed_runs,
 )
@@ -51,9 +55,8 @@ LONG_BUDGETS = {"cpu": {"steps": 100_000, "eval_every": 10_000}, "paper": {}}
 LASTK = 3  # normalized_score_lastk: the mean of the last k evaluations (CORL reports more than the last one)
 
 
-def member_scores(run: RunDir, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def member_scores(rows: list[dict[str, Any]], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(steps, scores[seed, eval]) from a run's evaluation rows."""
-    rows = run.read_metrics("eval")
     keys = ["normalized_score"] if len(seeds) == 1 else [f"normalized_score/seed{s}" for s in seeds]
     steps = np.array([row["step"] for row in rows])
     return steps, np.array([[row[key] for row in rows] for key in keys])
@@ -79,7 +82,7 @@ def _offline_cells(options: BenchOptions) -> list[Cell]:
 
 
 def _offline_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[int, dict[str, float]]:
-    _, scores = member_scores(run, list(cell.members))
+    _, scores = member_scores(run.read_metrics("eval"), list(cell.members))
     return {seed: {"normalized_score_last": float(row[-1]), "normalized_score_best": float(row.max()),
                    "normalized_score_lastk": float(row[-LASTK:].mean())}
             for seed, row in zip(cell.members, scores)}
@@ -215,58 +218,99 @@ def _long_budget_claim(records: list[dict]) -> str:
     for task in (t + suffix for t in LONG_TASKS if t.endswith("medium-replay")):
         iqm = {m: cell_iqm(records, m, task, "normalized_score_lastk") for m in ("a2pr", "td3bc")}
         if None not in iqm.values():
-            rows.append(f"{task} {iqm['a2pr']:.1f} vs {iqm['td3bc']:.1f}")
+            n = {m: len(cell_values(records, m, task, "normalized_score_lastk")) for m in iqm}
+            rows.append(f"{task} {iqm['a2pr']:.1f} (n={n['a2pr']}) vs {iqm['td3bc']:.1f} (n={n['td3bc']}), "
+                        f"{'A2PR' if iqm['a2pr'] > iqm['td3bc'] else 'TD3+BC'} ahead")
     if not rows:
         return (f"A2PR > TD3+BC on medium-replay at {LONG_BUDGETS['cpu']['steps'] // 1000}k steps: not measured yet "
-                "(an A2PR cell of 3 seeds needs 2.5-3 hours of a 2-core machine; see the README).")
-    return f"A2PR > TD3+BC on medium-replay, {suffix[1:]} steps (A2PR vs TD3+BC, lastk IQM): {'; '.join(rows)}."
+                "(one A2PR seed takes about 1.5 hours of one core here; see the README).")
+    return (f"A2PR > TD3+BC on medium-replay, {suffix[1:]} steps (A2PR vs TD3+BC, lastk IQM over the seeds "
+            f"finished): {'; '.join(rows)}.")
 
 
 def _offline_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
     """The aggregate over every record (carried-over ones too), and per budget the learning curves
-    (and, for the longer budget, the drift at every evaluation) of the runs here. A figure is redrawn
-    only when every finished cell of its table has its run here; otherwise the figure of the run that
-    made the carried-over records stays (a partial redraw would drop their curves)."""
-    from grp_workbench.harness.bench import is_done
-
-    out, root = OFFLINE_RL.out_dir(options), OFFLINE_RL.run_root(options)
+    (and, for the longer budget, the drift at every evaluation), drawn from eval_history.json: the
+    evaluation rows of every cell finished here, kept in the results folder so that the figures
+    outlive the runs. A figure is redrawn when a cell of its table is new to that file; a recorded
+    (method, task) whose rows were never kept (runs deleted before the file existed) is named
+    under the figure, not drawn."""
+    histories = eval_histories(OFFLINE_RL, options, cells,
+                               lambda key: key.startswith(("normalized_score", "drift/")))
+    out = OFFLINE_RL.out_dir(options)
+    fresh = {c.run for c in cells if c.measure is None and is_done(OFFLINE_RL, options, c)}
     recorded = {(r["method"], r["task"]) for r in records}
     parts = [aggregate_markdown(records)]
     long_tasks = {f"{t}-{LONG_BUDGETS['cpu']['steps'] // 1000}k" for t in LONG_TASKS}
     for group, name in ((OFFLINE_TASKS, "learning_curves"), (sorted(long_tasks), "learning_curves_100k")):
-        group_cells = [c for c in cells if c.task in group and (c.method, c.task) in recorded]
-        here = [c for c in group_cells if is_done(OFFLINE_RL, options, c)]
-        if here and len(here) == len(group_cells):
-            runs = {(c.method, c.task): RunDir(root / c.run) for c in here}
-            plot_curves({key: member_scores(run, list(cell.members)) for (key, run), cell in zip(runs.items(), here)},
-                        out / f"{name}.png")
+        kept = {run: h for run, h in histories.items() if h["task"] in group and (h["method"], h["task"]) in recorded}
+        if fresh & set(kept):
+            plot_curves(merged_curves(kept.values()), out / f"{name}.png")
             if name.endswith("100k"):
-                plot_drift(runs, out / "drift_100k.png")
+                plot_drift(merged_drift(kept.values()), out / "drift_100k.png")
         budget = name.removeprefix("learning_curves")[1:] or "10k"
         parts.append(figure_link(out / f"{name}.png", f"learning curves ({budget} steps)", out))
+        lost = sorted(f"{m} {t}" for m, t in recorded if t in group) if not kept else sorted(
+            f"{m} {t}" for m, t in recorded - {(h["method"], h["task"]) for h in kept.values()} if t in group)
+        if kept and lost:
+            parts.append(f"Not in the {budget}-step figures (their evaluation rows were not kept, only their "
+                         f"records): {', '.join(lost)}.")
     parts.append(figure_link(out / "drift_100k.png", "drift from the data at every evaluation (100k steps)", out))
     if (out / "policy_drift.md").is_file():  # measured by `workbench rl drift` on the runs, kept beside
         parts.append("How far each policy drifts from the data, per seed: [policy_drift.md](policy_drift.md).")
     return "\n\n".join(p.strip() for p in parts if p)
 
 
-def plot_drift(runs: dict[tuple[str, str], RunDir], path: Path) -> Path | None:
+def merged_curves(histories: Iterable[dict[str, Any]]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(method, task) -> (steps, scores[seed, eval]) over every kept run of it (seeds trained in
+    separate runs are rows of one array; runs evaluated at other steps are left out)."""
+    merged: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for history in histories:
+        steps, scores = member_scores(history["rows"], history["seeds"])
+        key = (history["method"], history["task"])
+        if key not in merged:
+            merged[key] = (steps, scores)
+        elif np.array_equal(merged[key][0], steps):
+            merged[key] = (steps, np.concatenate([merged[key][1], scores]))
+    return merged
+
+
+def merged_drift(histories: Iterable[dict[str, Any]]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(method, task) -> (steps, action MSE to the data) averaged over the kept runs of it, each run
+    weighted by its seeds (a batched run logs its members' mean)."""
+    sums: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, int]] = {}
+    for history in histories:
+        rows = [r for r in history["rows"] if "drift/action_mse" in r]
+        if not rows:
+            continue
+        steps = np.array([r["step"] for r in rows])
+        values = np.array([r["drift/action_mse"] for r in rows]) * len(history["seeds"])
+        key = (history["method"], history["task"])
+        if key not in sums:
+            sums[key] = (steps, values, len(history["seeds"]))
+        elif np.array_equal(sums[key][0], steps):
+            sums[key] = (steps, sums[key][1] + values, sums[key][2] + len(history["seeds"]))
+    return {key: (steps, total / n) for key, (steps, total, n) in sums.items()}
+
+
+def plot_drift(drift: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], path: Path) -> Path | None:
     """Per task: the policy's mean squared distance from the data's actions at every evaluation,
-    per method (mean over seeds), so one sees whether drift shrinks as the critic matures."""
+    per method (mean over seeds, ``merged_drift``), so one sees whether drift shrinks as the critic
+    matures."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({task for _, task in runs})
+    tasks = sorted({task for _, task in drift})
+    if not tasks:
+        return None
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
     drawn = False
     for ax, task in zip(axes[0], tasks):
-        for (method, t), run in sorted(runs.items()):
-            rows = [r for r in run.read_metrics("eval") if "drift/action_mse" in r]
-            if t == task and rows:
-                ax.plot([r["step"] for r in rows], [r["drift/action_mse"] for r in rows], marker="o",
-                        label=method, color=METHOD_COLORS.get(method))
+        for (method, t), (steps, values) in sorted(drift.items()):
+            if t == task:
+                ax.plot(steps, values, marker="o", label=method, color=METHOD_COLORS.get(method))
                 drawn = True
         ax.set(title=task, xlabel="gradient step", ylabel="action MSE to the data")
         if ax.get_legend_handles_labels()[0]:
@@ -518,8 +562,6 @@ def _level_notes(options: BenchOptions) -> str:
 
 
 def _level_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
-    from grp_workbench.harness.bench import is_done
-
     out = LEVEL_GENERATION.out_dir(options)
     root = LEVEL_GENERATION.run_root(options)
     runs = {(c.method, c.seed): RunDir(root / c.run) for c in cells if is_done(LEVEL_GENERATION, options, c)}
@@ -655,8 +697,6 @@ def _sampling_figure(runs: dict[tuple[str, int], RunDir], path: Path) -> None:
 
 
 def _procgen_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
-    from grp_workbench.harness.bench import is_done
-
     out = PROCGEN_PLR.out_dir(options)
     runs = {(c.method, c.seed): RunDir(PROCGEN_PLR.run_root(options) / c.run)
             for c in cells if is_done(PROCGEN_PLR, options, c)}
@@ -862,8 +902,6 @@ def _speed_batched(records: list[dict]) -> str:
 def _speed_extra(options: BenchOptions, cells: list[Cell], records: list[dict[str, Any]]) -> str:
     """The profile of the run here (kept as profile.md beside the results for a report rewritten elsewhere)."""
     import json
-
-    from grp_workbench.harness.bench import is_done
 
     out = OFFLINE_RL_SPEED.out_dir(options)
     measured = OFFLINE_RL_SPEED.run_root(options) / cells[0].run / "profile.json"

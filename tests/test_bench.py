@@ -246,6 +246,28 @@ def test_seeds_trained_one_run_each_fill_the_budgets_grid_and_keep_each_others_r
     assert [r[2] for r in _records(options)] == [0, 1, 2]
 
 
+def test_evaluation_histories_outlive_the_runs_and_merge_seeds_trained_apart(tmp_path):
+    import shutil
+
+    from grp_workbench.harness.bench import HISTORY_FILE, eval_histories
+    from grp_workbench.rl.benchmarks import merged_curves
+
+    options = _options(tmp_path, "histories", seeds_per_run=1)
+    run_suite("tests.test_bench:SEED_RUN_SUITE", options)
+    cells = SEED_RUN_SUITE.cells(options)
+    kept = eval_histories(SEED_RUN_SUITE, options, cells, lambda key: key == "neg_mse")
+    assert sorted(kept) == [c.run for c in cells] and all(h["rows"] and "neg_mse" in h["rows"][-1]
+                                                          for h in kept.values())
+    shutil.rmtree(options.runs)  # a fresh checkout: only the results folder is left
+    assert eval_histories(SEED_RUN_SUITE, options, cells, lambda key: key == "neg_mse") == kept
+    assert (Path(options.out) / HISTORY_FILE).is_file()
+    histories = [{"method": "a2pr", "task": "t", "seeds": [seed], "rows": [
+        {"step": step, "normalized_score": float(step + seed)} for step in (5, 10)]} for seed in (0, 1)]
+    histories.append({"method": "a2pr", "task": "t", "seeds": [2], "rows": [{"step": 5, "normalized_score": 1.0}]})
+    steps, scores = merged_curves(histories)[("a2pr", "t")]
+    assert steps.tolist() == [5, 10] and scores.tolist() == [[5.0, 10.0], [6.0, 11.0]]
+
+
 def test_offline_rl_cells_record_each_batched_seed_and_state_the_claims_direction(tmp_path):
     from grp_workbench.envs.datasets import build
     from grp_workbench.rl.benchmarks import OFFLINE_RL, _medium_replay_claim, _offline_record

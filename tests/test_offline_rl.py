@@ -162,12 +162,13 @@ def test_offline_methods_improve_their_return_on_a_tiny_problem(tmp_path, spec):
     summary = train(spec, config, tmp_path / spec.name, "tiny", quiet=True)
     assert summary["final"]["normalized_score"] > max(untrained + 30, 70), (untrained, summary["final"])
     if spec is not BC_SPEC:  # every evaluation also measures how far the policy drifts from the data
-        from grp_workbench.rl.benchmarks import plot_drift
+        from grp_workbench.harness.runs import RunDir
+        from grp_workbench.rl.benchmarks import merged_drift, plot_drift
 
         assert summary["final"]["drift/action_mse"] >= 0 and "drift/q_gain" in summary["final"]
-        from grp_workbench.harness.runs import RunDir
-
-        assert plot_drift({(spec.name, "pointreach"): RunDir(tmp_path / spec.name)}, tmp_path / "drift.png")
+        history = {"method": spec.name, "task": "pointreach", "seeds": [0],
+                   "rows": RunDir(tmp_path / spec.name).read_metrics("eval")}
+        assert plot_drift(merged_drift([history]), tmp_path / "drift.png")
 
 
 def test_batched_seeds_report_each_member(tmp_path):
