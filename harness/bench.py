@@ -34,10 +34,11 @@ import dataclasses
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -563,25 +564,65 @@ def _decode(encoded: str) -> BenchOptions:
     return BenchOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(encoded).items()})
 
 
+def worker_threads(workers: int, environ: Mapping[str, str]) -> int:
+    """Threads per worker: the caller's OMP_NUM_THREADS when set (one invocation is told how many
+    cores it may use, e.g. beside another benchmark), else the machine's cores shared out. N workers
+    each using every core oversubscribe them: on 2 cores, two A2PR runs at 2 threads each made 5-6
+    steps/s each, one run at 2 threads 29, two at 1 thread 12.7 each."""
+    if environ.get("OMP_NUM_THREADS"):
+        try:
+            requested = int(environ["OMP_NUM_THREADS"])
+        except ValueError:
+            raise HarnessError(f"OMP_NUM_THREADS={environ['OMP_NUM_THREADS']!r}: a whole number of threads "
+                               "per worker, e.g. OMP_NUM_THREADS=1.") from None
+        if requested >= 1:
+            return requested
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_workers(processes: list[subprocess.Popen], grace_s: float = 120.0) -> None:
+    """Ask the workers still running to stop after their current step (SIGTERM: each saves its
+    checkpoint; unlike a second SIGINT it never aborts one that a Ctrl-C already reached), then wait
+    for them; one that does not stop within ``grace_s`` is killed."""
+    running = [p for p in processes if p.poll() is None]
+    for p in running:
+        p.send_signal(signal.SIGTERM)
+    for p in running:
+        try:
+            p.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _run_workers(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan, workers: int, command: str) -> None:
     """N processes of this machine share the grid: each takes the next cell nobody holds (the run
     folder's lock); this process rewrites the results as cells finish."""
     if workers < 1:
         raise HarnessError(f"--workers {workers}: at least 1.")
     script = "import sys; from grp_workbench.harness.bench import worker_loop; worker_loop(sys.argv[1], sys.argv[2])"
-    # the cores are shared out: N workers each using every core would oversubscribe them (measured on
-    # 2 cores: two TD3+BC / BC workers at 2 threads each ran at 14 and 35 steps/s)
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    threads = str(worker_threads(workers, os.environ))
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     processes = [subprocess.Popen([sys.executable, "-c", script, suite_ref, _encode(options)], env=environment)
                  for _ in range(workers)]
     finished = len(todo.done)
-    while any(p.poll() is None for p in processes):
-        time.sleep(2.0)
-        now = sum(is_done(suite, options, c) for c in todo.cells)
-        if now != finished:
-            finished = now
-            write_suite_results(suite, options, command)
+    # a `kill` of this process alone (not its group, as Ctrl-C is) must not leave workers training
+    # unwatched: they are asked to stop after their step, which saves each one's checkpoint
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while any(p.poll() is None for p in processes):
+            time.sleep(2.0)
+            now = sum(is_done(suite, options, c) for c in todo.cells)
+            if now != finished:
+                finished = now
+                write_suite_results(suite, options, command)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        _stop_workers(processes)
     failed = sum(1 for p in processes if p.returncode)
     if failed:
         raise HarnessError(f"{failed} of {workers} worker(s) failed; see their output above. Finished cells are "

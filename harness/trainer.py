@@ -268,19 +268,29 @@ class Trainer:
         }
 
     def _install_sigint_handler(self) -> Callable[[], None]:
-        """First Ctrl-C: finish the current update, checkpoint, stop. Second Ctrl-C: stop now."""
+        """First Ctrl-C: finish the current update, checkpoint, stop. Second Ctrl-C: stop now.
+        SIGTERM (a scheduler's or a benchmark runner's request to stop) always stops gracefully, so
+        a Ctrl-C that reaches a run both directly and through its runner saves the checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
             if self._stop_requested:
-                raise KeyboardInterrupt
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                return
             self._stop_requested = True
             print("\nstopping after this step (checkpoint will be saved; Ctrl-C again to abort)", file=sys.stderr)
 
-        signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
 
 
 # ---- launching a method ------------------------------------------------------------------------

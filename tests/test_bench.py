@@ -15,7 +15,7 @@ from grp_workbench.harness.bench import BenchOptions, Cell, Suite, load_suite, p
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.runs import RunDir
-from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, metric_rows
+from tests.conftest import TOY_PRESETS, TOY_SPEC, ToyConfig, ToyRegression, metric_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,65 @@ def test_every_executor_gives_the_same_records(tmp_path):
     ray_options = _options(tmp_path, "ray")
     run_suite(REF, ray_options, executor="ray")
     assert _records(local) == _records(workers) == _records(ray_options)
+
+
+class SlowToyRegression(ToyRegression):
+    def update(self):
+        time.sleep(0.05)
+        return super().update()
+
+
+def _slow_grid(options: BenchOptions) -> list[Cell]:
+    spec = replace(TOY_SPEC, build=SlowToyRegression)
+    return [Cell("sgd", "endless", seed, spec, build_config(ToyConfig, TOY_PRESETS, "paper", {
+        "total_steps": "100000", "checkpoint_every": "5", "seed": str(seed)}), f"endless/sgd-seed{seed}")
+        for seed in options.seeds or (0, 1)]
+
+
+SLOW_TOY_SUITE = Suite(name="slow_toy", title="Toy regression that never ends in a test", grid=_slow_grid,
+                       record=lambda cell, summary, run: {"neg_mse": summary["final"]["neg_mse"]}, headline="neg_mse")
+
+
+def test_stopping_the_workers_runner_stops_its_workers_at_a_checkpoint(tmp_path):
+    """`kill <runner>` (SIGTERM to the runner alone, not its group as Ctrl-C is) left its workers
+    training unwatched; they must stop after their step, each with its checkpoint, and the runner exit."""
+    options = _options(tmp_path, "slow")
+    script = ("import sys; from grp_workbench.harness.bench import run_suite, _decode\n"
+              "run_suite('tests.test_bench:SLOW_TOY_SUITE', _decode(sys.argv[1]), executor='workers', workers=2)\n")
+    from grp_workbench.harness.bench import _encode
+
+    runner = subprocess.Popen([sys.executable, "-c", script, _encode(options)], cwd=REPO, stderr=subprocess.PIPE,
+                              text=True)
+    runs = [RunDir(Path(options.runs) / "endless" / f"sgd-seed{seed}") for seed in (0, 1)]
+    try:
+        deadline = time.time() + 120
+        while not all(run.latest_checkpoint() for run in runs):
+            assert runner.poll() is None and time.time() < deadline, runner.communicate()
+            time.sleep(0.1)
+        runner.send_signal(signal.SIGTERM)
+        _, err = runner.communicate(timeout=60)
+    finally:  # a failure must not leave endless workers behind
+        leftover = subprocess.run(["pgrep", "-f", options.runs], capture_output=True, text=True).stdout.split()
+        subprocess.run(["pkill", "-9", "-f", options.runs])
+        runner.kill()
+    assert not leftover, f"workers still running after the runner stopped: {leftover}"
+    assert runner.returncode != 0
+    for run in runs:
+        summary = run.summary
+        assert summary["status"] == "interrupted", err
+        assert run.latest_checkpoint().stem.endswith(f"{summary['step']:012d}")  # stopped at its checkpoint
+
+
+def test_workers_take_the_callers_thread_count_else_share_the_cores(monkeypatch):
+    from grp_workbench.harness.bench import worker_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert worker_threads(4, {}) == 4
+    assert worker_threads(32, {}) == 1
+    assert worker_threads(4, {"OMP_NUM_THREADS": "1"}) == 1  # one invocation beside another benchmark
+    assert worker_threads(2, {"OMP_NUM_THREADS": ""}) == 8
+    with pytest.raises(HarnessError, match="OMP_NUM_THREADS='two': a whole number"):
+        worker_threads(2, {"OMP_NUM_THREADS": "two"})
 
 
 def test_a_killed_cell_resumes_under_ray_and_an_interrupted_suite_skips_finished_cells(tmp_path):

@@ -121,11 +121,14 @@ def test_kill_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
     assert metric_rows(run.path) == metric_rows(tmp_path / "full")
 
 
-def test_ctrl_c_checkpoints_and_marks_the_run_interrupted(tmp_path):
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)],
+                         ids=["ctrl-c", "sigterm", "ctrl-c-then-runner-sigterm"])
+def test_ctrl_c_or_sigterm_checkpoints_and_marks_the_run_interrupted(tmp_path, signals):
     run = RunDir(tmp_path / "interrupted")
     proc = _start_slow_run(run.path)
     _wait_for_checkpoint_step(run, 20, proc)
-    proc.send_signal(signal.SIGINT)
+    for sig in signals:  # a SIGTERM after a Ctrl-C (a runner passing on the stop) must not abort the checkpoint
+        proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
     summary = run.summary
     assert summary["status"] == "interrupted" and 20 <= summary["step"] < 200
