@@ -37,7 +37,7 @@ from grp_workbench.harness.bench import (
 )
 from grp_workbench.harness.config import build_config
 from grp_workbench.harness.errors import HarnessError
-from grp_workbench.harness.evaluation import mean_and_ci_over_seeds, probability_of_improvement, summarize
+from grp_workbench.harness.evaluation import iqm_ci, mean_and_ci_over_seeds, probability_of_improvement, summarize
 from grp_workbench.harness.runs import RunDir, atomic_write_text
 from grp_workbench.rl.offline.a2pr import SPEC as A2PR
 from grp_workbench.rl.offline.bc import SPEC as BC
@@ -216,11 +216,15 @@ def _long_budget_claim(records: list[dict]) -> str:
     suffix = f"-{LONG_BUDGETS['cpu']['steps'] // 1000}k"
     rows = []
     for task in (t + suffix for t in LONG_TASKS if t.endswith("medium-replay")):
-        iqm = {m: cell_iqm(records, m, task, "normalized_score_lastk") for m in ("a2pr", "td3bc")}
-        if None not in iqm.values():
-            n = {m: len(cell_values(records, m, task, "normalized_score_lastk")) for m in iqm}
-            rows.append(f"{task} {iqm['a2pr']:.1f} (n={n['a2pr']}) vs {iqm['td3bc']:.1f} (n={n['td3bc']}), "
-                        f"{'A2PR' if iqm['a2pr'] > iqm['td3bc'] else 'TD3+BC'} ahead")
+        values = {m: cell_values(records, m, task, "normalized_score_lastk") for m in ("a2pr", "td3bc")}
+        if all(values.values()):
+            (ours, our_low, our_high), (theirs, their_low, their_high) = (iqm_ci(values[m]) for m in values)
+            # one lucky seed moves an IQM over 3 seeds far: say whether the intervals even separate
+            separated = our_low > their_high or their_low > our_high
+            rows.append(f"{task} {ours:.1f} [{our_low:.1f}, {our_high:.1f}] (n={len(values['a2pr'])}) vs "
+                        f"{theirs:.1f} [{their_low:.1f}, {their_high:.1f}] (n={len(values['td3bc'])}), "
+                        f"{'A2PR' if ours > theirs else 'TD3+BC'} ahead"
+                        f"{'' if separated else ', the 95% CIs overlap'}")
     if not rows:
         return (f"A2PR > TD3+BC on medium-replay at {LONG_BUDGETS['cpu']['steps'] // 1000}k steps: not measured yet "
                 "(one A2PR seed takes about 1.5 hours of one core here; see the README).")

@@ -348,6 +348,20 @@ def test_offline_rl_cells_record_each_batched_seed_and_state_the_claims_directio
     assert "A2PR vs TD3+BC: hopper-medium-replay 21.0 vs 11.0 (A2PR ahead)" in claim
 
 
+def test_the_longer_budget_claim_says_when_one_seed_carries_the_lead():
+    from grp_workbench.rl.benchmarks import _long_budget_claim
+
+    def records(a2pr, td3bc):
+        return [{"method": m, "task": "hopper-medium-replay-100k", "seed": s, "metrics": {"normalized_score_lastk": v}}
+                for m, values in (("a2pr", a2pr), ("td3bc", td3bc)) for s, v in enumerate(values)]
+
+    lucky = _long_budget_claim(records([20.9, 26.6, 56.8], [24.1, 29.2, 26.8]))  # the measured cell
+    assert "hopper-medium-replay-100k 34.8 [20.9, 56.8] (n=3) vs 26.7" in lucky
+    assert "A2PR ahead, the 95% CIs overlap" in lucky
+    clear = _long_budget_claim(records([40.0, 41.0, 42.0], [24.0, 25.0, 26.0]))
+    assert "A2PR ahead." in clear and "overlap" not in clear
+
+
 def test_combined_report_has_a_section_per_suite_from_its_results(tmp_path, monkeypatch):
     from grp_workbench.harness.bench import suite_names, write_combined_report
 
