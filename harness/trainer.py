@@ -121,7 +121,7 @@ class Trainer:
             dynamic_ncols=True,
             disable=self.quiet or not sys.stderr.isatty(),
         )
-        restore_sigint = self._install_sigint_handler()
+        restore_signals = self._install_stop_handlers()
         start = time.perf_counter()
         wall_before = p.wall_seconds
         postfix: dict[str, str] = {}
@@ -166,7 +166,7 @@ class Trainer:
             self.run.write_summary(summary)
             return summary
         finally:
-            restore_sigint()
+            restore_signals()
             bar.close()
             self.run.close()
 
@@ -267,7 +267,7 @@ class Trainer:
             **self.summary_extra,
         }
 
-    def _install_sigint_handler(self) -> Callable[[], None]:
+    def _install_stop_handlers(self) -> Callable[[], None]:
         """First Ctrl-C: finish the current update, checkpoint, stop. Second Ctrl-C: stop now.
         SIGTERM (a scheduler's or a benchmark runner's request to stop) always stops gracefully, so
         a Ctrl-C that reaches a run both directly and through its runner saves the checkpoint."""
