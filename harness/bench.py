@@ -568,7 +568,8 @@ def worker_threads(workers: int, environ: Mapping[str, str]) -> int:
     """Threads per worker: the caller's OMP_NUM_THREADS when set (one invocation is told how many
     cores it may use, e.g. beside another benchmark), else the machine's cores shared out. N workers
     each using every core oversubscribe them: on 2 cores, two A2PR runs at 2 threads each made 5-6
-    steps/s each, one run at 2 threads 29, two at 1 thread 12.7 each."""
+    steps/s each. Whether one run at 2 threads beats two at 1 thread depends on the host: one 2-core
+    machine gave 29 steps/s against 2 x 12.7, another 20.2 against 2 x 13.5."""
     if environ.get("OMP_NUM_THREADS"):
         try:
             requested = int(environ["OMP_NUM_THREADS"])

@@ -227,7 +227,7 @@ def _long_budget_claim(records: list[dict]) -> str:
                         f"{'' if separated else ', the 95% CIs overlap'}")
     if not rows:
         return (f"A2PR > TD3+BC on medium-replay at {LONG_BUDGETS['cpu']['steps'] // 1000}k steps: not measured yet "
-                "(one A2PR seed takes about 1 hour of both cores here; see the README).")
+                "(one A2PR seed at 100k steps takes 1-1.5 hours of both cores of a 2-core machine; see the README).")
     return (f"A2PR > TD3+BC on medium-replay, {suffix[1:]} steps (A2PR vs TD3+BC, lastk IQM over the seeds "
             f"finished): {'; '.join(rows)}.")
 
