@@ -134,9 +134,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def apply_overrides(config: C, overrides: dict[str, Any], where: str = "override") -> C:
-    """A copy of ``config`` with typed overrides; ``__post_init__`` re-validates the result."""
+    """A copy of ``config`` with typed overrides; ``__post_init__`` re-validates the result.
+
+    Fields a config filled in itself from other fields (listed in its ``derived_fields`` attribute,
+    e.g. A2PR's per-family hyperparameters from the dataset) are reset so the copy derives them
+    again from its own values: a copy with another dataset must not keep the first one's values."""
     types_ = _field_types(type(config))
-    changes = {}
+    changes = {key: None for key in getattr(config, "derived_fields", ())}
     for key, value in overrides.items():
         if key not in types_:
             raise _unknown_key_error(type(config), key, where)

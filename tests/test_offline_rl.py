@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grp_workbench.envs.datasets import build
-from grp_workbench.harness.config import build_config
+from grp_workbench.harness.config import build_config, config_from_dict, config_to_dict
 from grp_workbench.harness.device import make_policy
 from grp_workbench.harness.trainer import train
 from grp_workbench.rl import RLError
@@ -144,6 +144,22 @@ def test_a2pr_takes_official_per_task_hyperparameters_unless_set():
     cheetah = A2PRConfig(dataset="halfcheetah-medium", mask=0.7)
     assert (cheetah.alpha, cheetah.mask) == (40.0, 0.7)
     assert A2PRConfig(dataset="pointreach-medium").mask == 0.5  # the official code's default
+
+
+@pytest.mark.parametrize("preset", sorted(A2PR_SPEC.presets))
+def test_a2pr_built_from_a_preset_takes_its_own_datasets_hyperparameters(preset):
+    # the benchmark and the CLI build configs as a copy of the default (hopper) config with --set
+    # dataset=...: that copy once kept hopper's values on halfcheetah and walker2d
+    cheetah = build_config(A2PRConfig, A2PR_SPEC.presets, preset, {"dataset": "halfcheetah-medium-replay"})
+    assert (cheetah.alpha, cheetah.mask, cheetah.vae_weight, cheetah.discount) == (40.0, 1.0, 1.0, 0.99)
+    walker = build_config(A2PRConfig, A2PR_SPEC.presets, preset, ["dataset=walker2d-medium-replay", "mask=0.7"])
+    assert (walker.alpha, walker.mask, walker.vae_weight, walker.discount) == (2.5, 0.7, 1.5, 0.99)
+
+
+def test_a2pr_resumed_from_its_saved_config_keeps_the_saved_hyperparameters():
+    saved = config_to_dict(A2PRConfig(dataset="walker2d-medium-replay", mask=0.4, discount=0.995))
+    restored = config_from_dict(A2PRConfig, saved)
+    assert (restored.mask, restored.discount, restored.vae_weight) == (0.4, 0.995, 1.5)
 
 
 # ---- learning ------------------------------------------------------------------------------------
