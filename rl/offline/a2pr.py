@@ -88,9 +88,8 @@ class A2PRConfig(OfflineConfig):
             return
         for key in unset:
             setattr(self, key, OFFICIAL_TASK_HYPERPARAMETERS[source][key])
-        # not a dataclass field (not saved, not settable): tells apply_overrides which values to derive
-        # again when a copy changes the dataset (before this, every A2PR config built through presets
-        # and --set kept the default dataset's hopper values on halfcheetah and walker2d)
+        # not a dataclass field (not saved, not settable): a copy with another dataset (apply_overrides)
+        # must derive these again rather than keep this dataset's values
         self.derived_fields = tuple(unset)
 
 
