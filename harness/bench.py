@@ -46,7 +46,17 @@ from typing import Any
 
 from grp_workbench.harness.errors import HarnessError
 from grp_workbench.harness.evaluation import summarize
-from grp_workbench.harness.runs import RunDir, atomic_write_json, claim, hold_run, machine_info, now_iso, read_json
+from grp_workbench.harness.runs import (
+    CONFIG_FILE,
+    RunDir,
+    atomic_write_json,
+    claim,
+    git_commit,
+    hold_run,
+    machine_info,
+    now_iso,
+    read_json,
+)
 from grp_workbench.harness.trainer import MethodSpec, config_changes, train_cell
 
 EXECUTORS = ("local", "workers", "ray")
@@ -219,7 +229,7 @@ def prerequisite_run(suite: Suite, options: BenchOptions, name: str, spec: Metho
     pinned again); a pinned copy without an entry ``keep`` now names is one error."""
     import shutil
 
-    from grp_workbench.harness.runs import CONFIG_FILE, SUMMARY_FILE, atomic_torch_save
+    from grp_workbench.harness.runs import SUMMARY_FILE, atomic_torch_save
 
     pinned, run = suite.out_dir(options) / PINNED_DIR / name, RunDir(run_dir)
     if RunDir(pinned).exists():
@@ -270,6 +280,7 @@ def run_cell(suite: Suite, options: BenchOptions, cell: Cell, quiet: bool = True
                        for (method, task, seed), metrics in measured.items()]
             # written last and atomically: a cell killed while measuring has no record and is measured again
             atomic_write_json(path / RECORD_FILE, {"params": cell.config, "records": records, "date": now_iso(),
+                                                   "git_commit": git_commit(),
                                                    "seconds": seconds, "machine": machine_info()})
         return read_json(path / RECORD_FILE)
 
@@ -470,9 +481,11 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
         opening += ["Claims of the paper and the direction measured here:", ""]
         opening += [f"- {claim if isinstance(claim, str) else claim(records)}" for claim in suite.claims]
     notes = suite.notes(options)
-    origins = carried_origins(previous) if carried or other_seeds else []
+    carried_keys = [key for cell in carried for key in cell.keys()] + [
+        (r["method"], r["task"], r["seed"]) for r in other_seeds]
+    origins = record_origins(suite, options, done, carried_keys, previous)
     if carried or other_seeds:
-        where = "; ".join(f"commit {o['git_commit']}, {o['date']}" for o in origins)
+        where = "; ".join(origin_text(o) for o in origins if any(_holds(o, key) for key in carried_keys))
         what = " and ".join(part for part in (
             f"{len(carried)} of the {len(cells)} cells" if carried else "",
             f"{len(other_seeds)} records of seeds outside this run's --seeds" if other_seeds else "") if part)
@@ -491,14 +504,67 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
                          extra_fields={"records_from": origins, "measured_here": bool(done)})
 
 
-def carried_origins(previous: dict[str, Any]) -> list[dict[str, str]]:
-    """Where the records of an earlier results.json were measured: the commits of the writes that
-    measured them, kept through any number of rewrites that only carried them over (a rewrite's own
-    commit is not where a carried record came from)."""
-    origins = list(previous.get("records_from", []))
-    if previous.get("measured_here", "records_from" not in previous):  # that write measured records itself
-        origins.append({"git_commit": previous.get("git_commit", "unknown"), "date": previous.get("date", "")})
-    return [dict(t) for t in dict.fromkeys(tuple(o.items()) for o in origins)]
+def _holds(origin: dict[str, Any], key: tuple[str, str, int]) -> bool:
+    return key[2] in origin.get("cells", {}).get(f"{key[0]}/{key[1]}", ())
+
+
+def origin_text(origin: dict[str, Any]) -> str:
+    if "one_of" in origin:
+        return ("one of commits " + ", ".join(f"{o['git_commit']} ({o['date']})" for o in origin["one_of"])
+                + " (a results.json of the old format did not record which measured which cell)")
+    return f"commit {origin['git_commit']}, {origin['date']}"
+
+
+def record_origins(suite: Suite, options: BenchOptions, done: list[Cell], carried_keys: list[tuple[str, str, int]],
+                   previous: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where each record of a results.json was measured, as ``records_from``: entries of a commit, its
+    latest date and the ``cells`` ("method/task" to seeds) measured at it. A finished run here was
+    measured at the commit its run folder was created at; a carried record keeps the origin the previous results.json
+    gives it, through any number of rewrites (a rewrite is not where a record came from).
+
+    A results.json written before records_from named cells listed only commits, among them every
+    rewrite that had runs on its machine; the records it carried are given one entry ``one_of``
+    those commits (once each), so the list stops growing from there."""
+    found: dict[Any, dict[str, set[int]]] = {}  # by commit (or candidate commits), with its latest date
+    dates: dict[Any, str] = {}
+
+    def add(origin: Any, key: tuple[str, str, int], date: str = "") -> None:
+        found.setdefault(origin, {}).setdefault(f"{key[0]}/{key[1]}", set()).add(key[2])
+        dates[origin] = max(dates.get(origin, ""), date)
+
+    for cell in done:
+        source = read_json(cell_path(suite, options, cell) / (RECORD_FILE if cell.measure is not None else CONFIG_FILE))
+        for key in cell.keys():
+            add(source.get("git_commit", "unknown"), key, source.get("created", source.get("date", "")))
+    earlier = previous.get("records_from", [])
+    unnamed = []
+    for key in carried_keys:
+        homes = [o for o in earlier if _holds(o, key)]
+        for o in homes:
+            if "one_of" in o:
+                add(tuple((c["git_commit"], c["date"]) for c in o["one_of"]), key)
+            else:
+                add(o["git_commit"], key, o["date"])
+        if not homes:
+            unnamed.append(key)
+    if unnamed:
+        writes = [o for o in earlier if "cells" not in o]
+        if previous.get("measured_here", "records_from" not in previous):  # that write measured records itself
+            writes.append({"git_commit": previous.get("git_commit", "unknown"), "date": previous.get("date", "")})
+        latest: dict[str, str] = {}
+        for o in writes:
+            latest[o["git_commit"]] = max(latest.get(o["git_commit"], ""), o["date"])
+        candidates = tuple(sorted(latest.items(), key=lambda item: item[1])) or (("unknown", ""),)
+        for key in unnamed:
+            add(candidates if len(candidates) > 1 else candidates[0][0], key, candidates[-1][1])
+    entries = []
+    for origin, cells in found.items():
+        named = {name: sorted(seeds) for name, seeds in sorted(cells.items())}
+        if isinstance(origin, tuple):
+            entries.append({"one_of": [{"git_commit": c, "date": d} for c, d in origin], "cells": named})
+        else:
+            entries.append({"git_commit": origin, "date": dates[origin], "cells": named})
+    return sorted(entries, key=lambda e: e["one_of"][-1]["date"] if "one_of" in e else e["date"])
 
 
 # ---- executors -------------------------------------------------------------------------------------

@@ -381,6 +381,7 @@ def test_rewriting_results_keeps_the_records_of_cells_run_elsewhere(tmp_path):
     import shutil
 
     from grp_workbench.harness.bench import write_suite_results
+    from grp_workbench.harness.runs import git_commit
 
     options = _options(tmp_path, "kept")
     run_suite(REF, options)
@@ -401,6 +402,39 @@ def test_rewriting_results_keeps_the_records_of_cells_run_elsewhere(tmp_path):
     again = json.loads((Path(options.out) / "results.json").read_text())
     assert again["records_from"] == first["records_from"] and again["measured_here"] is True
     assert "rewrite" not in (Path(options.out) / "README.md").read_text()
+    # report-only rewrites with runs on this machine (measured_here) name no new origin either
+    write_suite_results(TOY_SUITE, options, "test")
+    write_suite_results(TOY_SUITE, options, "test")
+    assert json.loads((Path(options.out) / "results.json").read_text())["records_from"] == first["records_from"]
+    # every record has the commit its run was created at; the carried one keeps its own
+    assert sum(seeds for o in first["records_from"] for seeds in map(len, o["cells"].values())) == len(before)
+    assert [o["git_commit"] for o in first["records_from"]] == [git_commit()]  # one entry per commit
+
+
+def test_results_written_before_records_from_named_cells_stop_growing(tmp_path):
+    import shutil
+
+    from grp_workbench.harness.bench import write_suite_results
+
+    options = _options(tmp_path, "legacy")
+    run_suite(REF, options)
+    shutil.rmtree(Path(options.runs) / "long" / "sgd-slow-seed1")
+    results = Path(options.out) / "results.json"
+    # the old format: commits only, the same commit once per rewrite, the last write measured records
+    legacy = [{"git_commit": "aaa", "date": "2026-01-01"}, {"git_commit": "bbb", "date": "2026-01-02"},
+              {"git_commit": "bbb", "date": "2026-01-03"}]
+    results.write_text(json.dumps({**json.loads(results.read_text()), "git_commit": "ccc", "date": "2026-01-04",
+                                   "records_from": legacy, "measured_here": True}))
+    write_suite_results(TOY_SUITE, options, "test")
+    first = json.loads(results.read_text())["records_from"]
+    guessed = [o for o in first if "one_of" in o]
+    assert len(guessed) == 1 and guessed[0]["cells"] == {"sgd-slow/long": [1]}
+    assert [o["git_commit"] for o in guessed[0]["one_of"]] == ["aaa", "bbb", "ccc"]
+    assert "one of commits aaa (2026-01-01), bbb (2026-01-03), ccc (2026-01-04)" in (
+        Path(options.out) / "README.md").read_text()
+    for _ in range(2):
+        write_suite_results(TOY_SUITE, options, "test")
+        assert json.loads(results.read_text())["records_from"] == first
 
 
 def _measure_toy(cell, folder):
