@@ -91,8 +91,10 @@ def _offline_record(cell: Cell, summary: dict[str, Any], run: RunDir) -> dict[in
 def _offline_notes(options: BenchOptions) -> str:
     budget, long = OFFLINE_BUDGETS[options.budget], LONG_BUDGETS[options.budget]
     seeds = sorted(set(options.seeds or ()) | {0, 1, 2})  # records of other seeds are kept (write_suite_results)
-    grouping = ("batched" if not options.seeds_per_run or options.seeds_per_run >= len(seeds)
-                else f"at most {options.seeds_per_run} per run")
+    # how the committed records were trained, not how this invocation groups its seeds: a report written
+    # by a run of some seeds alone describes the records of every earlier run too
+    grouping = "batched in one run" + (f", except A2PR's {long['steps'] // 1000}k cells: one seed per run "
+                                       "(`--seeds-per-run 1`)" if long else "")
     second = (f" The second table: {long['steps']} gradient steps on {', '.join(LONG_TASKS)} (tasks named "
               f"<dataset>-{long['steps'] // 1000}k), evaluation every {long['eval_every']}; its headline is "
               f"normalized_score_lastk, the mean of the last {LASTK} evaluations.") if long else ""
