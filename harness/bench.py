@@ -447,6 +447,21 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     options = dataclasses.replace(options, methods=None, tasks=None)
     cells = suite.cells(options)
     done = [c for c in cells if is_done(suite, options, c)]
+    # finished runs of the same seeds grouped otherwise (each seed alone, or all batched) count too: a
+    # report written by an invocation of another --seeds-per-run must not miss records whose runs are here
+    measured_keys, names = {key for c in done for key in c.keys()}, {c.run for c in cells}
+    for grouping in (1, None):
+        try:
+            regrouped = suite.cells(dataclasses.replace(
+                options, seeds=tuple(sorted(options.seeds)) if options.seeds else None, seeds_per_run=grouping))
+        except HarnessError:  # seeds that cannot be batched together (0,2) have no batched run
+            continue
+        for cell in regrouped:
+            if (cell.run not in names and not measured_keys & set(cell.keys())
+                    and is_done(suite, options, cell)):
+                done.append(cell)
+                names.add(cell.run)
+                measured_keys |= set(cell.keys())
     records = [record for c in done for record in cell_records(suite, options, c)]
     # Cells whose runs are not on this machine keep the records an earlier results.json holds for
     # them (made elsewhere, or before the runs were deleted): a rerun of some cells never drops others.
@@ -454,7 +469,7 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
     earlier = {(r["method"], r["task"], r["seed"]): r for r in previous["records"]}
     carried = []
     for cell in (c for c in cells if c not in done):
-        if all(key in earlier for key in cell.keys()):
+        if all(key in earlier for key in cell.keys()) and not measured_keys & set(cell.keys()):
             carried.append(cell)
             records += [earlier[key] for key in cell.keys()]
     # Records of this grid's (method, task)s for seeds this invocation did not ask for (--seeds 1 after a
@@ -493,7 +508,7 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
                   f"(measured at {where}); their runs are not under this run root.")
     if status != "complete":
         notes = f"{status}. {notes}"
-    extra = suite.extra_markdown(options, cells, records)
+    extra = suite.extra_markdown(options, cells + [c for c in done if c not in cells], records)
     analysis = suite.out_dir(options) / ANALYSIS_FILE
     if analysis.is_file():
         extra += (f"\n\n*Below: {ANALYSIS_FILE}, written by people about these records; the runner includes it and "

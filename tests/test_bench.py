@@ -303,6 +303,12 @@ def test_seeds_trained_one_run_each_fill_the_budgets_grid_and_keep_each_others_r
 
     write_suite_results(SEED_RUN_SUITE, replace(options, seeds=(1,)), "test")
     assert [r[2] for r in _records(options)] == [0, 1, 2]
+    # a report of the default grouping (all three batched, a run that does not exist) finds the seeds'
+    # own runs, even when no results.json holds their records (a runner stopped before writing it)
+    (Path(options.out) / "results.json").unlink()
+    write_suite_results(SEED_RUN_SUITE, replace(options, seeds_per_run=None), "test")
+    assert [r[2] for r in _records(options)] == [0, 1, 2]
+    assert "Status: complete." in (Path(options.out) / "README.md").read_text()
 
 
 def test_evaluation_histories_outlive_the_runs_and_merge_seeds_trained_apart(tmp_path):
