@@ -701,7 +701,11 @@ def _run_workers(suite_ref: str, suite: Suite, options: BenchOptions, todo: Plan
             now = sum(is_done(suite, options, c) for c in todo.cells)
             if now != finished:
                 finished = now
-                write_suite_results(suite, options, command)
+                try:
+                    write_suite_results(suite, options, command)
+                except Exception as error:  # an interim report is worth less than the training still running
+                    print(f"warning: rewriting {suite.name}'s results after a cell finished failed ({error!r}); "
+                          "the workers go on, and the results are written again when they end.", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         _stop_workers(processes)

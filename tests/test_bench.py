@@ -60,6 +60,25 @@ def test_every_executor_gives_the_same_records(tmp_path):
     assert _records(local) == _records(workers) == _records(ray_options)
 
 
+def test_a_failed_interim_report_does_not_stop_the_workers(tmp_path, monkeypatch, capfd):
+    import grp_workbench.harness.bench as bench
+
+    calls, write = [], bench.write_suite_results
+
+    def fails_first(*args):  # as a runner's report failed on a results.json another version wrote
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("unhashable type: 'dict'")
+        return write(*args)
+
+    monkeypatch.setattr(bench, "write_suite_results", fails_first)
+    options = _options(tmp_path, "interim")
+    after = run_suite(REF, options, executor="workers", workers=2)
+    assert len(after.done) == 8 and not after.todo and len(calls) > 1
+    assert "Status: complete." in (Path(options.out) / "README.md").read_text()
+    assert "rewriting toy's results after a cell finished failed" in capfd.readouterr().err
+
+
 class SlowToyRegression(ToyRegression):
     def update(self):
         time.sleep(0.05)
