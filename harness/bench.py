@@ -534,8 +534,9 @@ def record_origins(suite: Suite, options: BenchOptions, done: list[Cell], carrie
                    previous: dict[str, Any]) -> list[dict[str, Any]]:
     """Where each record of a results.json was measured, as ``records_from``: entries of a commit, its
     latest date and the ``cells`` ("method/task" to seeds) measured at it. A finished run here was
-    measured at the commit its run folder was created at; a carried record keeps the origin the previous results.json
-    gives it, through any number of rewrites (a rewrite is not where a record came from).
+    measured at the commit its run folder was created at; a carried record keeps the origin the
+    previous results.json gives it, through any number of rewrites (a rewrite is not where a record
+    came from).
 
     A results.json written before records_from named cells listed only commits, among them every
     rewrite that had runs on its machine; the records it carried are given one entry ``one_of``
