@@ -914,9 +914,13 @@ def _speed_extra(options: BenchOptions, cells: list[Cell], records: list[dict[st
     if measured.is_file() and is_done(OFFLINE_RL_SPEED, options, cells[0]):
         profile = json.loads(measured.read_text())
         categories = sorted({c for p in profile.values() for c in p["shares"]})
+        on_gpu = str(cells[0].config["device"]).startswith("cuda")
+        host = (" On a GPU this is the host's time issuing kernels that run asynchronously: the shares say where "
+                "the CPU side spends an update, and matmul GFLOP/s is GFLOP per second of host time spent issuing "
+                "matrix multiplies, not the GPU's arithmetic rate.") if on_gpu else ""
         lines = ["# Where an update's time goes", "",
                  "torch.profiler over 20 updates per method, one seed, self CPU time by operator category, on "
-                 "the machine of the results beside this file:", "",
+                 f"the machine of the results beside this file.{host}", "",
                  "| method | ms per update | " + " | ".join(categories)
                  + " | matmul GFLOP per update | matmul GFLOP/s |",
                  "| --- | --- | " + " | ".join("---" for _ in categories) + " | --- | --- |"]

@@ -437,3 +437,26 @@ def test_batched_updates_match_the_plain_per_seed_reference(spec, monkeypatch):
                     torch.testing.assert_close(a, b.detach(), rtol=1e-7, atol=1e-9)
     # the weights moved: the comparison is of training, not of untouched initial weights
     assert not torch.allclose(initial, algorithm.actor.net[0].weight[0])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_speed_profile_names_host_time_on_a_gpu(tmp_path, device):
+    """On a GPU the profiler's self CPU time is the host issuing kernels, not the GPU's work: the
+    profile table says so there, and only there."""
+    import json
+
+    from grp_workbench.harness.bench import RECORD_FILE, BenchOptions, cell_path
+    from grp_workbench.rl.benchmarks import OFFLINE_RL_SPEED, _speed_cells, _speed_extra
+
+    options = BenchOptions(runs=str(tmp_path / "runs"), out=str(tmp_path / "out"), device=device)
+    cell = _speed_cells(options)[0]
+    folder = cell_path(OFFLINE_RL_SPEED, options, cell)
+    folder.mkdir(parents=True)
+    (folder / RECORD_FILE).write_text(json.dumps({"params": cell.config, "records": []}))
+    (folder / "profile.json").write_text(json.dumps({"a2pr": {
+        "seconds_per_update": 0.0144, "shares": {"matrix multiplies": 0.19, "other": 0.81},
+        "matmul_gflop_per_update": 4.13, "matmul_gflop_per_s": 1529.4}}))
+    (tmp_path / "out").mkdir()
+    text = _speed_extra(options, [cell], [])
+    assert "| a2pr | 14.4 | 19% | 81% | 4.13 | 1529.4 |" in text
+    assert ("host's time issuing kernels" in text) == (device == "cuda")
