@@ -515,8 +515,20 @@ def write_suite_results(suite: Suite, options: BenchOptions, command: str) -> Pa
                   f"never rewrites it.*\n\n{analysis.read_text()}")
     return write_results(suite.out_dir(options), suite.name, command, records, notes=notes,
                          extra_markdown=extra, opening="\n".join(opening),
-                         machine=previous.get("machine") if not done else None,  # measured there, not here
+                         machine=previous.get("machine") if not done else measured_machine(suite, options, done),
                          extra_fields={"records_from": origins, "measured_here": bool(done)})
+
+
+def measured_machine(suite: Suite, options: BenchOptions, done: list[Cell]) -> dict[str, Any] | None:
+    """The machine that measured cells name in their record.json, when all name the same one: a report
+    rewritten from runs copied off a lent GPU machine keeps that machine; None (this machine) otherwise,
+    as for training runs, whose summaries name no machine."""
+    machines = []
+    for cell in done:
+        if cell.measure is None:
+            return None
+        machines.append(read_json(cell_path(suite, options, cell) / RECORD_FILE).get("machine"))
+    return machines[0] if machines[0] and all(m == machines[0] for m in machines) else None
 
 
 def _holds(origin: dict[str, Any], key: tuple[str, str, int]) -> bool:

@@ -514,6 +514,26 @@ def test_measured_cells_record_once_per_parameters_under_every_executor(tmp_path
     assert not (Path(tmp_path / "broken" / "runs") / broken.run / "record.json").exists()
 
 
+def test_a_report_rewritten_from_copied_measured_runs_names_the_machine_that_measured_them(tmp_path):
+    from grp_workbench.harness.bench import write_suite_results
+    from grp_workbench.harness.runs import machine_info
+
+    ref = "tests.test_bench:MEASURED_SUITE"
+    options = _options(tmp_path, "copied")
+    run_suite(ref, options)
+    lent = {"cpu": "a lent machine's CPU", "cores": 16, "gpu": "NVIDIA H200", "torch": "2.11.0+cu130"}
+    for record_file in Path(options.runs).rglob("record.json"):  # as if measured there and copied here
+        record = json.loads(record_file.read_text())
+        record_file.write_text(json.dumps({**record, "machine": lent}))
+    write_suite_results(MEASURED_SUITE, options, "workbench bench measured --report-only")
+    assert json.loads((Path(options.out) / "results.json").read_text())["machine"] == lent
+    # one cell measured here, the others there: the report cannot name one machine, so it names this one
+    record_file = next(Path(options.runs).rglob("record.json"))
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "machine": machine_info()}))
+    write_suite_results(MEASURED_SUITE, options, "workbench bench measured --report-only")
+    assert json.loads((Path(options.out) / "results.json").read_text())["machine"] == machine_info()
+
+
 @pytest.mark.parametrize("suite_name,options,records", [
     # measured cells: priors and classifier trained, a Flower simulation captured, then each attack per update
     ("gradient_inversion", {"tasks": ("smallcnn-bs1-untrained-indist-none",)}, 4),
