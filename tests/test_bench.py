@@ -387,6 +387,21 @@ def test_the_longer_budget_claim_says_when_one_seed_carries_the_lead():
     assert "A2PR ahead." in clear and "overlap" not in clear
 
 
+def test_combined_report_labels_a_suite_with_records_missing_partial(tmp_path, monkeypatch):
+    import shutil
+
+    from grp_workbench.harness.bench import write_combined_report
+
+    shutil.copytree(REPO / "benchmarks" / "offline_rl", tmp_path / "benchmarks" / "offline_rl")
+    results_file = tmp_path / "benchmarks" / "offline_rl" / "results.json"
+    results = json.loads(results_file.read_text())
+    kept = results["records"][: len(results["records"]) // 2]  # half the records lost
+    results_file.write_text(json.dumps({**results, "records": kept}))
+    monkeypatch.chdir(tmp_path)
+    text = write_combined_report(BenchOptions(), tmp_path / "all").read_text()
+    assert f"Suite `offline_rl`, partial ({len(kept)} of " in text
+
+
 def test_combined_report_has_a_section_per_suite_from_its_results(tmp_path, monkeypatch):
     from grp_workbench.harness.bench import suite_names, write_combined_report
 
@@ -397,7 +412,7 @@ def test_combined_report_has_a_section_per_suite_from_its_results(tmp_path, monk
         committed = (suite.out_dir(BenchOptions()) / "results.json").is_file()
         assert f"## {suite.title}" in text
         assert (f"Suite `{name}`, " if committed else f"No results yet: `workbench bench {name}`.") in text
-    assert "Suite `mnist_classifier`, complete" in text and "Suite `offline_rl`, partial" in text
+    assert "Suite `mnist_classifier`, complete" in text and "Suite `offline_rl`, complete" in text
     assert "| small_cnn | 0.9887 [0.9865, 0.99] (n=3) |" in text
     assert "A2PR >= TD3+BC, largest gains on medium-replay (paper, 1M steps): at 10k steps the measured" in text
 
